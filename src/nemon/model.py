@@ -114,8 +114,9 @@ class NEMON(nn.Module):
             raise ConfigurationError(f"tol must be a positive number, got tol={tol!r}")
         if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1:
             raise ConfigurationError(f"max_iter must be a positive integer, got {max_iter!r}")
-        mean = torch.as_tensor(input_mean, dtype=torch.get_default_dtype())
-        std = torch.as_tensor(input_std, dtype=torch.get_default_dtype())
+        # Kept in float64 (cast at use) so that a later .double() loses no precision.
+        mean = torch.as_tensor(input_mean, dtype=torch.float64).clone()
+        std = torch.as_tensor(input_std, dtype=torch.float64).clone()
         for name, t in (("input_mean", mean), ("input_std", std)):
             if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != in_features):
                 raise ConfigurationError(
@@ -219,9 +220,9 @@ class NEMON(nn.Module):
     # --- MATH 1: the input map with normalisation folded in ---------------------------
     def input_map(self) -> tuple[Tensor, Tensor]:
         """``(B_eff, b_eff)`` in pixel units: ``B (u - mean)/std + b = B_eff u + b_eff``."""
-        std = self.input_std
+        std = self.input_std.to(self.B.dtype)
         B_eff = self.B / std if std.dim() == 0 else self.B / std[None, :]
-        mean = self.input_mean
+        mean = self.input_mean.to(self.B.dtype)
         if mean.dim() == 0:
             b_eff = self.b - B_eff.sum(dim=1) * mean
         else:

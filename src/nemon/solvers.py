@@ -155,7 +155,11 @@ def anderson(
     while res > tol and k < max_iter and math.isfinite(res):
         n = min(k, m)
         R = GX[:, :n] - X[:, :n]
-        H[:, 1 : n + 1, 1 : n + 1] = torch.bmm(R, R.transpose(1, 2)) + ridge * eye[:n, :n]
+        RRt = torch.bmm(R, R.transpose(1, 2))
+        # Ridge relative to the residuals' size: an absolute one would swamp
+        # tiny late residuals and degrade the step to a plain average of iterates.
+        scale = torch.diagonal(RRt, dim1=1, dim2=2).mean(dim=1).clamp(min=torch.finfo(R.dtype).tiny)
+        H[:, 1 : n + 1, 1 : n + 1] = RRt + (ridge * scale)[:, None, None] * eye[:n, :n]
         coef = torch.linalg.solve(H[:, : n + 1, : n + 1], rhs[:, : n + 1])[:, 1 : n + 1, 0]
         mixed = torch.bmm(coef[:, None], GX[:, :n])[:, 0]
         bad = ~torch.isfinite(coef).all(dim=1) | (coef.abs().sum(dim=1) > max_coef)
