@@ -1,0 +1,13 @@
+"""Rule plot_accuracy_vs_eps: accuracy against eps per model, inversion solid, certified dashed."""
+
+import sys
+
+import pandas as pd
+
+from nemon.figures import plot_accuracy_vs_eps, save_figure
+
+smk = snakemake  # noqa: F821  (injected by Snakemake's script directive)
+sys.stderr = sys.stdout = open(smk.log[0], "w", buffering=1)
+
+fig = plot_accuracy_vs_eps(pd.read_csv(smk.input.robustness))
+save_figure(fig, smk.output.pdf, smk.output.png)
