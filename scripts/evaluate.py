@@ -23,7 +23,15 @@ model = nemon.NEMON(**saved["kwargs"])
 model.load_state_dict(saved["state_dict"])
 model.to(device)
 
-rows = evaluate_robustness(model, ds.test_x, ds.test_y, smk.params.eps, progress=True)
+rows = evaluate_robustness(
+    model,
+    ds.test_x,
+    ds.test_y,
+    smk.params.eps,
+    tol=smk.params.tol,
+    max_iter=smk.params.max_iter,
+    progress=True,
+)
 w = smk.wildcards
 df = pd.DataFrame(rows).assign(
     dataset=w.dataset, gamma=float(w.gamma), lam=float(w.lam), seed=int(w.seed)

@@ -5,8 +5,6 @@ metrics, solver statistics, provenance). tqdm progress and warnings go to the lo
 """
 
 import json
-import platform
-import subprocess
 import sys
 import time
 
@@ -14,25 +12,21 @@ import torch
 
 import nemon
 from nemon.data import load_prepared
-from nemon.training import accuracy, resolve_device, seed_everything, train
+from nemon.training import (
+    accuracy,
+    provenance,
+    resolve_device,
+    seed_everything,
+    summarise_history,
+    train,
+)
 
 smk = snakemake  # noqa: F821  (injected by Snakemake's script directive)
 sys.stderr = sys.stdout = open(smk.log[0], "w", buffering=1)
 
 
-def git_commit(folder: str) -> str:
-    """Commit of the workflow's checkout, or "unknown" when it is not a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
-
-
 point = smk.params.point
-cfg, tr = point["model"], point["training"]
+cfg, tr, ev = point["model"], point["training"], point["attack"]
 torch.set_num_threads(smk.threads)
 device = resolve_device(tr["device"])
 ds = load_prepared(smk.input.data)
@@ -74,29 +68,18 @@ with torch.no_grad():
         "gamma": point["gamma"],
         "lam": point["lam"],
         "seed": point["seed"],
-        "epochs": len(history),
-        "clean_acc": accuracy(model, ds.test_x, ds.test_y),
+        # clean accuracy at the evaluation tolerance, like every robustness number
+        "clean_acc": accuracy(model, ds.test_x, ds.test_y, tol=ev["tol"], max_iter=ev["max_iter"]),
         "mu": float(model.mu()),
         "lipschitz_bound": float(model.lipschitz_bound()),
-        # Every epoch has the same number of steps, so the mean of the epoch means is the mean.
-        "fwd_iters_mean": sum(h["fwd_iters_mean"] for h in history) / len(history),
-        "fwd_iters_max": max(h["fwd_iters_max"] for h in history),
-        "bwd_iters_mean": sum(h["bwd_iters_mean"] for h in history) / len(history),
-        "bwd_iters_max": max(h["bwd_iters_max"] for h in history),
-        "not_converged": sum(h["not_converged"] for h in history),
-        "final_train_loss": history[-1]["train_loss"],
+        **summarise_history(history),
         "train_seconds": train_seconds,
         "history": history,
         "provenance": {
             "config": point,
             "seed": point["seed"],
             "dataset_source": ds.source,
-            "nemon": nemon.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "device": str(device),
-            "threads": smk.threads,
-            "git_commit": git_commit(smk.scriptdir),
+            **provenance(smk.scriptdir, device, smk.threads),
         },
     }
 print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import make_model
 
 import nemon
-from conftest import make_model
 from nemon.training import train
 
 
@@ -26,9 +26,14 @@ def test_unknown_keyword_argument_is_an_error():
 
 @pytest.mark.parametrize(
     "kw, name",
-    [({"tol": 0.0}, "tol"), ({"tol": -1.0}, "tol"), ({"max_iter": 0}, "max_iter"),
-     ({"input_std": 0.0}, "input_std"), ({"input_std": torch.ones(5)}, "input_std"),
-     ({"input_mean": float("nan")}, "input_mean")],
+    [
+        ({"tol": 0.0}, "tol"),
+        ({"tol": -1.0}, "tol"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"input_std": 0.0}, "input_std"),
+        ({"input_std": torch.ones(5)}, "input_std"),
+        ({"input_mean": float("nan")}, "input_mean"),
+    ],
 )
 def test_bad_hyperparameters_name_themselves(kw, name):
     with pytest.raises((nemon.ConfigurationError, nemon.NonFiniteError), match=name):
@@ -82,8 +87,7 @@ def test_nan_during_training_stops_with_epoch_and_step():
     x = torch.rand(20, 4)
     y = torch.randint(0, 2, (20,))
     with pytest.raises(nemon.NonFiniteError, match="epoch 1, step 1"):
-        train(model, x, y, epochs=1, batch_size=10, lr=1e-3, lam=1e308,
-              seed=0, progress=False)
+        train(model, x, y, epochs=1, batch_size=10, lr=1e-3, lam=1e308, seed=0, progress=False)
 
 
 def test_training_arguments_are_validated():

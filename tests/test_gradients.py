@@ -1,10 +1,10 @@
 """MATH 4: the implicit backward is exact, for every parameter and for the input."""
 
 import torch
+from conftest import make_model
 from torch.autograd import gradcheck
 
 import nemon
-from conftest import make_model
 
 
 def test_gradcheck_all_parameters_and_input_float64():
@@ -12,7 +12,6 @@ def test_gradcheck_all_parameters_and_input_float64():
     u = torch.rand(3, 5, dtype=torch.float64, requires_grad=True)
     names = ["T", "d", "B", "b", "C", "c"]
     params = [getattr(model, p) for p in names]
-
 
     def fn(u, T, d, B, b, C, c):
         return torch.func.functional_call(

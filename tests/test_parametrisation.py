@@ -31,7 +31,7 @@ def test_mu_eta_of_A_never_exceeds_gamma(n, gamma, weighted, data):
     assert float(model.mu().detach()) <= gamma
     # The measure computed from the effective A agrees up to rounding of the row sums.
     mu_num = float(nemon.mu_inf(model.A, model.eta).detach())
-    row_scale = float(model.T.abs().sum(dim=1).max()) + abs(gamma) + 1.0
+    row_scale = float(model.T.detach().abs().sum(dim=1).max()) + abs(gamma) + 1.0
     assert mu_num <= gamma + 1e-12 * row_scale * n
     assert math.isclose(mu_num, float(model.mu().detach()), abs_tol=1e-12 * row_scale * n)
 

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from conftest import make_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nemon
-from conftest import make_model
 
 
 def sensitivity(model, u, v):
@@ -15,13 +15,20 @@ def sensitivity(model, u, v):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), gamma=st.floats(-1.0, 0.95), weighted=st.booleans(),
-       scale=st.floats(0.1, 3.0), radius=st.floats(1e-4, 1.0))
-def test_lipschitz_bound_dominates_sensitivity_on_random_pairs(seed, gamma, weighted, scale, radius):
+@given(
+    seed=st.integers(0, 10_000),
+    gamma=st.floats(-1.0, 0.95),
+    weighted=st.booleans(),
+    scale=st.floats(0.1, 3.0),
+    radius=st.floats(1e-4, 1.0),
+)
+def test_lipschitz_bound_dominates_sensitivity_on_random_pairs(
+    seed, gamma, weighted, scale, radius
+):
     model = make_model(seed=seed, gamma=gamma, weighted=weighted, scale=scale, tol=1e-13)
     g = torch.Generator().manual_seed(seed)
     u = torch.rand(32, 12, generator=g, dtype=torch.float64)
-    v = (u + radius * (2 * torch.rand(32, 12, generator=g, dtype=torch.float64) - 1))
+    v = u + radius * (2 * torch.rand(32, 12, generator=g, dtype=torch.float64) - 1)
     per_pair = []
     with torch.no_grad():
         dy = (model(u) - model(v)).abs().amax(dim=1)

@@ -5,9 +5,9 @@ import warnings
 
 import pytest
 import torch
+from conftest import make_model
 
 import nemon
-from conftest import make_model
 
 
 def fixed_point_residual(model, u, x):
@@ -53,7 +53,12 @@ def test_different_starting_points_reach_the_same_equilibrium():
     sols = []
     for x0 in (torch.zeros_like(inj), 100 * torch.randn_like(inj), -50 * torch.ones_like(inj)):
         x, st = nemon.get_solver("average")(
-            F, x0, alpha=model.alpha_star(), rho=model.rho(), tol=1e-13, max_iter=5000,
+            F,
+            x0,
+            alpha=model.alpha_star(),
+            rho=model.rho(),
+            tol=1e-13,
+            max_iter=5000,
             err_norm=model._err_norm_primal,
         )
         assert st.converged
@@ -91,8 +96,14 @@ def test_anderson_falls_back_safely_on_degenerate_history():
     x0 = torch.zeros(4, 6, dtype=torch.float64)
     target = torch.randn(4, 6, dtype=torch.float64)
     x, st = nemon.get_solver("anderson")(
-        lambda x: target.clone(), x0, alpha=0.5, rho=0.5, tol=1e-10, max_iter=200,
-        err_norm=lambda d: d.abs().amax(dim=1), ridge=0.0,
+        lambda x: target.clone(),
+        x0,
+        alpha=0.5,
+        rho=0.5,
+        tol=1e-10,
+        max_iter=200,
+        err_norm=lambda d: d.abs().amax(dim=1),
+        ridge=0.0,
     )
     assert st.converged
     torch.testing.assert_close(x, target, atol=1e-9, rtol=0)

@@ -1,5 +1,6 @@
 """Training: CPU determinism, and that the loop learns and reports honest statistics."""
 
+import pytest
 import torch
 
 import nemon
@@ -58,3 +59,24 @@ def test_evaluate_robustness_rows_are_tidy_and_consistent():
     by = {(r["attack"], r["eps"]): r["accuracy"] for r in rows}
     for eps in (0.0, 0.1, 0.5):
         assert 0 <= by["certified", eps] <= by["inversion", eps] <= 1
+
+
+def test_summarise_history_aggregates_epochs():
+    _, hist = run(0)
+    s = nemon.training.summarise_history(hist)
+    assert s["epochs"] == 2
+    assert s["fwd_iters_max"] == max(h["fwd_iters_max"] for h in hist)
+    assert s["fwd_iters_mean"] == (hist[0]["fwd_iters_mean"] + hist[1]["fwd_iters_mean"]) / 2
+    assert s["final_train_loss"] == hist[-1]["train_loss"]
+
+
+def test_solver_settings_are_temporary_and_validated():
+    model = nemon.NEMON(4, 3, 2, gamma=0.5, tol=1e-2, max_iter=50)
+    with model.solver_settings(tol=1e-8):
+        assert (model.tol, model.max_iter) == (1e-8, 50)
+        model(torch.rand(2, 4))
+        assert model.last_stats.residual <= 1e-8
+    assert (model.tol, model.max_iter) == (1e-2, 50)
+    with pytest.raises(nemon.ConfigurationError, match="tol"):
+        with model.solver_settings(tol=-1.0):
+            pass

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -31,7 +33,7 @@ class _Equilibrium(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, A: Tensor, inj: Tensor, model: "NEMON") -> Tensor:  # type: ignore[override]
+    def forward(ctx, A: Tensor, inj: Tensor, model: NEMON) -> Tensor:  # type: ignore[override]
         At = A.t().contiguous()
 
         def F(x: Tensor) -> Tensor:
@@ -172,7 +174,8 @@ class NEMON(nn.Module):
         return (
             f"in_features={self.in_features}, hidden_features={self.hidden_features}, "
             f"out_features={self.out_features}, gamma={self.gamma}, weighted={self.weighted}, "
-            f"solver={self.solver!r}, tol={self.tol}, max_iter={self.max_iter}, strict={self.strict}"
+            f"solver={self.solver!r}, tol={self.tol}, max_iter={self.max_iter}, "
+            f"strict={self.strict}"
         )
 
     # --- MATH 2: the parametrisation --------------------------------------------------
@@ -207,7 +210,7 @@ class NEMON(nn.Module):
         return (t - t.abs()).max() + self.gamma
 
     def alpha_star(self) -> float:
-        """Largest provably convergent step, ``1 / (1 - min_i min(a_ii, 0))`` (MATH 3)."""
+        """Largest provably convergent step ``1 / (1 - min_i min(a_ii, 0))`` (MATH 3)."""
         a = torch.diagonal(self.M).detach()
         return float(1.0 / (1.0 - a.clamp(max=0).min()))
 
@@ -231,7 +234,10 @@ class NEMON(nn.Module):
 
     # --- MATH 5: the Lipschitz bound -----------------------------------------------------
     def lipschitz_bound(self) -> Tensor:
-        """``||C diag(eta)^-1||_inf ||diag(eta) B||_inf / (1 - mu_eta(A)_+)``, pixel units (MATH 5)."""
+        """l_inf Lipschitz bound of ``u -> y`` in pixel units (MATH 5).
+
+        ``||C diag(eta)^-1||_inf ||diag(eta) B||_inf / (1 - mu_eta(A)_+)``.
+        """
         B_eff, _ = self.input_map()
         eta = self.eta
         c_norm = inf_norm(self.C / eta[None, :])
@@ -239,6 +245,27 @@ class NEMON(nn.Module):
         return c_norm * b_norm / (1.0 - self.mu().clamp(min=0))
 
     # --- solving ---------------------------------------------------------------------
+    @contextmanager
+    def solver_settings(
+        self, *, tol: float | None = None, max_iter: int | None = None
+    ) -> Iterator[NEMON]:
+        """Temporarily solve at another ``tol``/``max_iter`` (``None`` keeps the current one).
+
+        Evaluation uses this to solve tighter than training: certificates
+        subtract the a-posteriori error bound, so a loose solve certifies little.
+        """
+        saved = self.tol, self.max_iter
+        if tol is not None and not (tol > 0 and math.isfinite(tol)):
+            raise ConfigurationError(f"tol must be a positive number, got tol={tol!r}")
+        if max_iter is not None and (not isinstance(max_iter, int) or max_iter < 1):
+            raise ConfigurationError(f"max_iter must be a positive integer, got {max_iter!r}")
+        self.tol = saved[0] if tol is None else float(tol)
+        self.max_iter = saved[1] if max_iter is None else max_iter
+        try:
+            yield self
+        finally:
+            self.tol, self.max_iter = saved
+
     def _err_norm_primal(self, dx: Tensor) -> Tensor:
         return (dx.abs() * self.eta.detach()).amax(dim=1)
 

@@ -16,8 +16,8 @@ batch (Frobenius norms), the criterion of the paper's code and of torchdeq's
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -81,7 +81,7 @@ def averaged_iteration(
     r = torch.zeros_like(x)
     res = math.inf
     k = 0
-    for k in range(1, max_iter + 1):
+    for k in range(1, max_iter + 1):  # noqa: B007 (k is reported after the loop)
         r = F(x).sub_(x)
         x.add_(r, alpha=alpha)
         res = alpha * _rel_step(r, x)
@@ -171,9 +171,7 @@ def anderson(
         res = _rel_step(GX[:, last] - X[:, last], GX[:, last])
         k += 1
     step = (GX[:, last] - X[:, last]).reshape(shape)
-    stats = SolverStats(
-        "anderson", k, res, res <= tol, alpha, rho, _bound(rho, step, err_norm)
-    )
+    stats = SolverStats("anderson", k, res, res <= tol, alpha, rho, _bound(rho, step, err_norm))
     return GX[:, last].reshape(shape).clone(), stats
 
 

@@ -144,6 +144,8 @@ def point_config(wildcards):
         "seed": int(wildcards.seed),
         "model": dict(config["model"]),
         "training": dict(config["training"]),
+        # clean accuracy is measured at the evaluation tolerance, like the robustness table
+        "attack": {k: config["attack"][k] for k in ("tol", "max_iter")},
     }
 
 

@@ -13,6 +13,8 @@ rule evaluate:
         "../../environment.yml"
     params:
         eps=config["attack"]["eps"],
+        tol=config["attack"]["tol"],
+        max_iter=config["attack"]["max_iter"],
         device=config["training"]["device"],
     script:
         "../../scripts/evaluate.py"
