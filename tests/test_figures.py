@@ -143,9 +143,7 @@ def test_accuracy_vs_eps_draws_a_solid_and_a_dashed_curve_per_model():
     summary, robustness = tables()
     fig = plot_accuracy_vs_eps(robustness)
     assert len(fig.axes) == summary["gamma"].nunique()  # one panel per gamma
-    curves = [
-        line for ax in fig.axes for line in ax.lines if len(line.get_xdata()) == len(EPS)
-    ]
+    curves = [line for ax in fig.axes for line in ax.lines if len(line.get_xdata()) == len(EPS)]
     assert len(curves) == 2 * len(summary)
     styles = sorted(line.get_linestyle() for line in curves)
     assert styles.count("-") == len(summary) and styles.count("--") == len(summary)

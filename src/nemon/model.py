@@ -17,7 +17,8 @@ from .solvers import SolverStats, get_solver
 
 
 def _check_finite(t: Tensor, what: str, hint: str) -> None:
-    if not bool(torch.isfinite(t).all()):
+    # max |t| is NaN or inf exactly when some entry is: one reduction, cheaper than isfinite().all()
+    if t.numel() and not bool(torch.isfinite(t.abs().amax())):
         bad = int((~torch.isfinite(t)).sum())
         raise NonFiniteError(f"{what} contains {bad} non-finite value(s) (NaN or inf); {hint}")
 
@@ -39,8 +40,12 @@ class _Equilibrium(torch.autograd.Function):
         def F(x: Tensor) -> Tensor:
             return torch.addmm(inj, x, At).clamp_(min=0)
 
-        x, stats = model._solve(F, torch.zeros_like(inj), model._err_norm_primal, "forward")
+        alpha, rho = model._step_constants()
+        x, stats = model._solve(
+            F, torch.zeros_like(inj), model._err_norm_primal, "forward", alpha, rho
+        )
         ctx.model = model
+        ctx.constants = (alpha, rho)
         mask = torch.addmm(inj, x, At) > 0  # J = diag(Phi'(z*)), 0/1 for ReLU
         ctx.save_for_backward(A, x, mask)
         return x
@@ -56,7 +61,7 @@ class _Equilibrium(torch.autograd.Function):
         def F(w: Tensor) -> Tensor:
             return torch.addmm(g, w * J, A)
 
-        w, _ = model._solve(F, g.clone(), model._err_norm_dual, "backward")
+        w, _ = model._solve(F, g.clone(), model._err_norm_dual, "backward", *ctx.constants)
         v = w * J
         grad_A = v.t() @ x if ctx.needs_input_grad[0] else None
         grad_inj = v if ctx.needs_input_grad[1] else None
@@ -272,13 +277,24 @@ class NEMON(nn.Module):
     def _err_norm_dual(self, dw: Tensor) -> Tensor:
         return (dw.abs() / self.eta.detach()).sum(dim=1)
 
-    def _solve(self, F, x0: Tensor, err_norm, which: str) -> tuple[Tensor, SolverStats]:
+    def _step_constants(self) -> tuple[float, float]:
+        """``(alpha*, rho)`` of MATH 3 from the diagonal of ``T``, with one device sync."""
+        with torch.no_grad():
+            t = torch.diagonal(self.T)
+            a_min = (t - self.T.abs().sum(dim=1) + self.gamma).clamp(max=0).min()
+            mu = (t - t.abs()).max() + self.gamma
+            a_min, mu = torch.stack((a_min, mu)).tolist()
+        return 1.0 / (1.0 - a_min), 1.0 - (1.0 - max(mu, 0.0)) / (1.0 - a_min)
+
+    def _solve(
+        self, F, x0: Tensor, err_norm, which: str, alpha: float, rho: float
+    ) -> tuple[Tensor, SolverStats]:
         solve = get_solver(self.solver)
         x, stats = solve(
             F,
             x0,
-            alpha=self.alpha_star(),
-            rho=self.rho(),
+            alpha=alpha,
+            rho=rho,
             tol=self.tol,
             max_iter=self.max_iter,
             err_norm=err_norm,

@@ -54,7 +54,13 @@ class SolverStats:
 
 
 def _rel_step(step: Tensor, x: Tensor) -> float:
-    return float(torch.linalg.vector_norm(step) / (torch.linalg.vector_norm(x) + _TINY))
+    # Both squared norms as dot products, read back with a single device sync.
+    s, v = step.reshape(-1), x.reshape(-1)
+    ss, xx = torch.stack((torch.dot(s, s), torch.dot(v, v))).tolist()
+    if math.isfinite(ss) and math.isfinite(xx):
+        return math.sqrt(ss) / (math.sqrt(xx) + _TINY)
+    # squares overflowed (huge iterates, e.g. a diverging Picard run): rescaled norms
+    return float(torch.linalg.vector_norm(s) / (torch.linalg.vector_norm(v) + _TINY))
 
 
 def _bound(rho: float, last_step: Tensor, err_norm: ErrNorm) -> float:
