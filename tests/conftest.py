@@ -1,7 +1,38 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 import nemon
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "environment.yml", "workflow", "scripts", "profiles"]
+
+
+def copy_workflow(dst: Path) -> Path:
+    """Copy the workflow files (not results or caches) into ``dst``, for runs outside the repo."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst / name)
+    return dst
+
+
+def snakemake(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run snakemake in ``cwd`` with this interpreter, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(autouse=True)

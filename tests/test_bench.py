@@ -1,14 +1,10 @@
 """nemon.bench: torchdeq solves the same problem as nemon, and the benchmark runs (MATH 3, 4, 8)."""
 
-import gzip
-import struct
-
 import pytest
 import torch
 from conftest import make_model
 
 from nemon import bench
-from nemon.errors import DatasetError
 
 pytest.importorskip("torchdeq")
 
@@ -74,23 +70,6 @@ def test_flops_per_sample_is_math8():
     # MATH 8: n = 100, m = 784, 15 + 12 iterations: about 0.85 Mflop per sample.
     assert bench.flops_per_sample(15, 12) == 2 * 100**2 * 27 + 4 * 100 * 784
     assert abs(bench.flops_per_sample(15, 12) / 1e6 - 0.85) < 0.01
-
-
-def test_read_idx_ubyte_roundtrip_and_bad_header(tmp_path):
-    data = torch.arange(2 * 3 * 4, dtype=torch.uint8).reshape(2, 3, 4)
-    good = tmp_path / "x-idx3-ubyte.gz"
-    good.write_bytes(
-        gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 2, 3, 4) + data.numpy().tobytes())
-    )
-    assert torch.equal(bench.read_idx_ubyte(good), data)
-    bad = tmp_path / "float.gz"
-    bad.write_bytes(gzip.compress(bytes([0, 0, 0x0D, 1]) + struct.pack(">I", 1) + b"\0" * 4))
-    with pytest.raises(DatasetError, match="not an unsigned-byte IDX"):
-        bench.read_idx_ubyte(bad)
-    short = tmp_path / "short.gz"
-    short.write_bytes(gzip.compress(bytes([0, 0, 8, 1]) + struct.pack(">I", 10) + b"\1" * 4))
-    with pytest.raises(DatasetError, match="truncated"):
-        bench.read_idx_ubyte(short)
 
 
 def _row(impl, solver, sps, acc, tol=1e-4, frac=0.3):

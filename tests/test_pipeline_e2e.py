@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,13 +15,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import REPO, copy_workflow, snakemake
 
 import nemon
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "environment.yml", "workflow", "scripts", "profiles"]
 SMOKE = yaml.safe_load((REPO / "profiles/smoke/smoke-config.yaml").read_text())
 DATASET = SMOKE["dataset"]
 GRID = list(itertools.product(SMOKE["grid"]["gamma"], SMOKE["grid"]["lam"], SMOKE["grid"]["seed"]))
@@ -35,27 +31,6 @@ FIGURES = [
     for ext in ("pdf", "png")
 ]
 WALL_TIME_COLUMNS = ["train_seconds"]
-
-
-def copy_workflow(dst: Path) -> Path:
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst / name)
-    return dst
-
-
-def snakemake(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def smoke_run(folder: Path) -> Path:

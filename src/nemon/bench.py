@@ -27,34 +27,31 @@ from __future__ import annotations
 
 import argparse
 import gc
-import gzip
 import importlib.metadata
 import json
 import math
 import os
 import resource
-import struct
 import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .errors import ConfigurationError, DatasetError, NonConvergenceWarning
+from . import data as data_mod
+from .errors import ConfigurationError, NonConvergenceWarning
 from .model import NEMON
 from .solvers import SOLVERS
 from .training import resolve_device
 
 IN_FEATURES, HIDDEN, OUT_FEATURES = 784, 100, 10
 BATCH_SIZE, LR = 100, 1e-3
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 TORCHDEQ_SOLVERS = ("fixed_point_iter", "anderson")
 # How torchdeq sees a batch. "batch": the batch is one (1, batch * n) state, so torchdeq's
 # per-sample relative step is nemon's relative step over the whole batch (the same stopping
@@ -67,38 +64,9 @@ TARGET_SPEEDUP, TARGET_FLOOR = 5.0, 0.25
 
 
 # --- data ------------------------------------------------------------------------------
-_IDX_UBYTE = 0x08
-
-
-def read_idx_ubyte(path: Path) -> Tensor:
-    """A gzipped IDX file of unsigned bytes as a uint8 tensor, read in place (no copies)."""
-    with gzip.open(path, "rb") as f:
-        head = f.read(4)
-        if len(head) != 4 or head[:2] != b"\0\0" or head[2] != _IDX_UBYTE:
-            raise DatasetError(
-                f"{path} is not an unsigned-byte IDX file (header {head!r}); "
-                "reinstall the dataset-fashion-mnist package or pass --data synthetic"
-            )
-        shape = struct.unpack(f">{head[3]}I", f.read(4 * head[3]))
-        out = torch.empty(shape, dtype=torch.uint8)
-        got = f.readinto(out.numpy().reshape(-1))
-    if got != out.numel():
-        raise DatasetError(f"{path} is truncated: {got} of {out.numel()} bytes; reinstall it")
-    return out
-
-
-def _fashion_files(data_dir: Path) -> dict[str, Path]:
-    names = {
-        "train_x": "train-images-idx3-ubyte.gz",
-        "train_y": "train-labels-idx1-ubyte.gz",
-        "test_x": "t10k-images-idx3-ubyte.gz",
-        "test_y": "t10k-labels-idx1-ubyte.gz",
-    }
-    return {k: data_dir / v for k, v in names.items()}
-
-
-def fashion_available(data_dir: Path = FASHION_DIR) -> bool:
-    return all(p.is_file() for p in _fashion_files(data_dir).values())
+def fashion_available() -> bool:
+    """Whether Debian's Fashion-MNIST files are where :func:`nemon.data.load_dataset` looks."""
+    return (data_mod.DEBIAN_DATASETS_ROOT / "fashion-mnist").is_dir()
 
 
 def synthetic_images(n: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -136,47 +104,26 @@ class BenchData:
     std: float
 
 
-def _pixel_stats(x: Tensor) -> tuple[float, float]:
-    s = s2 = 0.0
-    for chunk in x.split(5_000):
-        c = chunk.to(torch.float64).div_(255.0)
-        s += float(c.sum())
-        s2 += float((c * c).sum())
-    n = x.numel()
-    mean = s / n
-    return mean, math.sqrt(max(s2 / n - mean * mean, 1e-12))
-
-
-def load_bench_data(
-    data: str, samples: int, test_samples: int, seed: int, data_dir: Path = FASHION_DIR
-) -> BenchData:
-    """Fashion-MNIST from the Debian files when present (``data="auto"``), else synthetic."""
+def load_bench_data(data: str, samples: int, test_samples: int, seed: int) -> BenchData:
+    """Fashion-MNIST (Debian files, via :mod:`nemon.data`) when present, else synthetic."""
     if data not in ("auto", "fashion-mnist", "synthetic"):
         raise ConfigurationError(f"--data must be auto, fashion-mnist or synthetic, got {data!r}")
-    use_fashion = data == "fashion-mnist" or (data == "auto" and fashion_available(data_dir))
-    if use_fashion:
-        if not fashion_available(data_dir):
-            raise DatasetError(
-                f"Fashion-MNIST IDX files not found in {data_dir} (expected "
-                f"{', '.join(p.name for p in _fashion_files(data_dir).values())}); "
-                "install the Debian package dataset-fashion-mnist or pass --data synthetic"
-            )
-        files = _fashion_files(data_dir)
-        parts = {k: read_idx_ubyte(p) for k, p in files.items()}
-        tx, ty = parts["train_x"].reshape(-1, IN_FEATURES), parts["train_y"].long()
-        vx, vy = parts["test_x"].reshape(-1, IN_FEATURES), parts["test_y"].long()
+    if data == "fashion-mnist" or (data == "auto" and fashion_available()):
+        ds = data_mod.load_dataset("fashion-mnist", progress=False)  # checksum-verified
+        tx, ty = ds.train_x.reshape(-1, IN_FEATURES), ds.train_y
+        vx, vy = ds.test_x.reshape(-1, IN_FEATURES), ds.test_y
         if samples > len(tx) or test_samples > len(vx):
             raise ConfigurationError(
                 f"Fashion-MNIST has {len(tx)} training and {len(vx)} test images, asked for "
                 f"--samples {samples} and --test-samples {test_samples}; lower them"
             )
         tx, ty, vx, vy = tx[:samples], ty[:samples], vx[:test_samples], vy[:test_samples]
-        name = f"Fashion-MNIST ({data_dir})"
+        name = f"Fashion-MNIST ({ds.source})"
     else:
         tx, ty = synthetic_images(samples, seed)
         vx, vy = synthetic_images(test_samples, seed + 1)
         name = "synthetic (10 blended blob classes, Fashion-MNIST shape)"
-    mean, std = _pixel_stats(tx)
+    mean, std = data_mod.pixel_stats(tx)
     return BenchData(name, tx.contiguous(), ty, vx.contiguous(), vy, mean, std)
 
 
