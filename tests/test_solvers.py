@@ -150,3 +150,27 @@ def test_max_iter_hit_by_the_averaged_iteration_is_not_silent():
     model = make_model(tol=1e-15, max_iter=2, strict=True)
     with pytest.raises(nemon.ConvergenceError, match="stopped after 2 iterations"):
         model(torch.rand(4, 12, dtype=torch.float64))
+
+
+def test_per_sample_anderson_reaches_the_same_equilibrium():
+    model = make_model(gamma=0.9, scale=2.0)
+    u = torch.rand(10, 12, dtype=torch.float64)
+    B_eff, b_eff = model.input_map()
+    inj = (u @ B_eff.T + b_eff).detach()
+    At = model.A.detach().T
+
+    def F(x):
+        return torch.relu(inj + x @ At)
+
+    kw = dict(
+        alpha=model.alpha_star(),
+        rho=model.rho(),
+        tol=1e-12,
+        max_iter=3000,
+        err_norm=model._err_norm_primal,
+    )
+    x_avg, _ = nemon.get_solver("average")(F, torch.zeros_like(inj), **kw)
+    for per_sample in (False, True):
+        x, st = nemon.get_solver("anderson")(F, torch.zeros_like(inj), per_sample=per_sample, **kw)
+        assert st.converged
+        torch.testing.assert_close(x, x_avg, atol=1e-9, rtol=0)

@@ -119,18 +119,23 @@ def anderson(
     memory: int = 5,
     ridge: float = 1e-4,
     max_coef: float = 1e3,
+    per_sample: bool = False,
 ) -> tuple[Tensor, SolverStats]:
-    """Anderson acceleration of the averaged map ``G`` (type II, per sample).
+    """Anderson acceleration of the averaged map ``G`` (type II).
 
-    Each sample mixes its last ``memory`` iterates by solving a small
-    regularised least-squares problem. Where that problem is ill-conditioned
-    (non-finite coefficients, or coefficients larger than ``max_coef`` in
-    absolute sum, a sign of near-collinear residuals) the sample falls back to
-    the plain averaged step, which always contracts. The returned point is
-    ``G(x)`` of the last iterate, so the a-posteriori bound of MATH 3 applies.
+    The last ``memory`` iterates are mixed with coefficients from a small
+    regularised least-squares problem: one for the whole batch by default (the
+    stopping rule is batch-wide too), or one per sample with ``per_sample=True``,
+    which costs a small linear solve per sample and iteration (on a CPU that
+    solve loop, not the matrix products, then dominates). Where the problem is
+    ill-conditioned (a singular system, non-finite coefficients, or coefficients
+    larger than ``max_coef`` in absolute sum, a sign of near-collinear
+    residuals) the step falls back to the plain averaged one, which always
+    contracts. The returned point is ``G(x)`` of the last iterate, so the
+    a-posteriori bound of MATH 3 applies.
     """
-    bsz = x0.shape[0]
     shape = x0.shape
+    bsz = x0.shape[0] if per_sample else 1
     x0 = x0.reshape(bsz, -1)
     d = x0.shape[1]
 
@@ -139,42 +144,43 @@ def anderson(
         return torch.lerp(x, F(x), alpha).reshape(bsz, -1)
 
     m = memory
-    X = x0.new_zeros(bsz, m, d)
-    GX = x0.new_zeros(bsz, m, d)
-    X[:, 0] = x0
-    GX[:, 0] = G(x0)
-    res = _rel_step(GX[:, 0] - X[:, 0], GX[:, 0])
-    k = 1
-    last = 0
-    if res > tol and max_iter > 1:
-        X[:, 1] = GX[:, 0]
-        GX[:, 1] = G(X[:, 1])
-        last = 1
-        res = _rel_step(GX[:, 1] - X[:, 1], GX[:, 1])
-        k = 2
-    H = x0.new_zeros(bsz, m + 1, m + 1)
-    H[:, 0, 1:] = 1
-    H[:, 1:, 0] = 1
-    rhs = x0.new_zeros(bsz, m + 1, 1)
-    rhs[:, 0] = 1
+    X = x0.new_zeros(bsz, m, d)  # iterates x_i
+    GX = x0.new_zeros(bsz, m, d)  # G(x_i)
+    R = x0.new_zeros(bsz, m, d)  # residuals G(x_i) - x_i
+    gram = x0.new_zeros(bsz, m, m)  # <r_i, r_j>, updated one row and column per iteration
+
+    def record(slot: int, x: Tensor) -> float:
+        X[:, slot] = x
+        GX[:, slot] = G(x)
+        torch.sub(GX[:, slot], x, out=R[:, slot])
+        row = torch.bmm(R, R[:, slot, :, None])[:, :, 0]
+        gram[:, slot, :] = row
+        gram[:, :, slot] = row
+        return _rel_step(R[:, slot], GX[:, slot])
+
+    res = record(0, x0)
+    k, last = 1, 0
+    ones = x0.new_ones(bsz, m, 1)
     eye = torch.eye(m, dtype=x0.dtype, device=x0.device)
+    tiny = torch.finfo(x0.dtype).tiny
     while res > tol and k < max_iter and math.isfinite(res):
         n = min(k, m)
-        R = GX[:, :n] - X[:, :n]
-        RRt = torch.bmm(R, R.transpose(1, 2))
-        # Ridge relative to the residuals' size: an absolute one would swamp
-        # tiny late residuals and degrade the step to a plain average of iterates.
-        scale = torch.diagonal(RRt, dim1=1, dim2=2).mean(dim=1).clamp(min=torch.finfo(R.dtype).tiny)
-        H[:, 1 : n + 1, 1 : n + 1] = RRt + (ridge * scale)[:, None, None] * eye[:n, :n]
-        coef = torch.linalg.solve(H[:, : n + 1, : n + 1], rhs[:, : n + 1])[:, 1 : n + 1, 0]
+        Gn = gram[:, :n, :n]
+        # min ||sum_i c_i r_i|| s.t. sum_i c_i = 1: c = z / sum(z) with (Gram + ridge) z = 1.
+        # The ridge is relative to the residuals' size: an absolute one would swamp tiny
+        # late residuals and degrade the step to a plain average of iterates.
+        scale = torch.diagonal(Gn, dim1=1, dim2=2).mean(dim=1).clamp(min=tiny)
+        # solve_ex: a singular system marks its sample (info > 0) instead of raising
+        z, info = torch.linalg.solve_ex(
+            Gn + (ridge * scale)[:, None, None] * eye[:n, :n], ones[:, :n]
+        )
+        coef = z[:, :, 0] / z[:, :, 0].sum(dim=1, keepdim=True)
+        bad = (info > 0) | ~torch.isfinite(coef).all(dim=1) | (coef.abs().sum(dim=1) > max_coef)
+        coef = torch.where(bad[:, None], torch.zeros_like(coef), coef)  # keep NaN out of bmm
         mixed = torch.bmm(coef[:, None], GX[:, :n])[:, 0]
-        bad = ~torch.isfinite(coef).all(dim=1) | (coef.abs().sum(dim=1) > max_coef)
-        if bool(bad.any()):
-            mixed = torch.where(bad[:, None], GX[:, last], mixed)
+        mixed = torch.where(bad[:, None], GX[:, last], mixed)
         last = k % m
-        X[:, last] = mixed
-        GX[:, last] = G(mixed)
-        res = _rel_step(GX[:, last] - X[:, last], GX[:, last])
+        res = record(last, mixed)
         k += 1
     step = (GX[:, last] - X[:, last]).reshape(shape)
     stats = SolverStats("anderson", k, res, res <= tol, alpha, rho, _bound(rho, step, err_norm))
