@@ -16,6 +16,14 @@ def fixed_point_residual(model, u, x):
     return (x - torch.relu(z)).abs().max().item()
 
 
+def forward_map(model, u):
+    """The undamped map ``x -> relu(A x + B u + b)`` of ``model`` at ``u``, and ``B u + b``."""
+    B_eff, b_eff = model.input_map()
+    inj = (u @ B_eff.T + b_eff).detach()
+    At = model.A.detach().T
+    return (lambda x: torch.relu(inj + x @ At)), inj
+
+
 @pytest.mark.parametrize("solver", ["average", "anderson", "picard"])
 def test_equilibrium_satisfies_fixed_point_equation(solver):
     # scale=0.3 keeps A small enough for plain Picard to converge too
@@ -43,12 +51,7 @@ def test_tolerance_is_the_relative_step_and_error_bound_holds():
 def test_different_starting_points_reach_the_same_equilibrium():
     model = make_model()
     u = torch.rand(8, 12, dtype=torch.float64)
-    B_eff, b_eff = model.input_map()
-    inj = (u @ B_eff.T + b_eff).detach()
-    At = model.A.detach().T
-
-    def F(x):
-        return torch.relu(inj + x @ At)
+    F, inj = forward_map(model, u)
 
     sols = []
     for x0 in (torch.zeros_like(inj), 100 * torch.randn_like(inj), -50 * torch.ones_like(inj)):
@@ -155,12 +158,7 @@ def test_max_iter_hit_by_the_averaged_iteration_is_not_silent():
 def test_per_sample_anderson_reaches_the_same_equilibrium():
     model = make_model(gamma=0.9, scale=2.0)
     u = torch.rand(10, 12, dtype=torch.float64)
-    B_eff, b_eff = model.input_map()
-    inj = (u @ B_eff.T + b_eff).detach()
-    At = model.A.detach().T
-
-    def F(x):
-        return torch.relu(inj + x @ At)
+    F, inj = forward_map(model, u)
 
     kw = dict(
         alpha=model.alpha_star(),
