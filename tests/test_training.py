@@ -80,3 +80,9 @@ def test_solver_settings_are_temporary_and_validated():
     with pytest.raises(nemon.ConfigurationError, match="tol"):
         with model.solver_settings(tol=-1.0):
             pass
+
+
+def test_provenance_records_versions_and_git_state(tmp_path):
+    here = nemon.training.provenance(str(tmp_path), "cpu", 1)
+    assert here["git_commit"] == "unknown" and here["git_dirty"] is None
+    assert here["torch"] == torch.__version__ and here["nemon"] == nemon.__version__

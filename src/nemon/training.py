@@ -148,6 +148,9 @@ def train(
 # subtract the solver's error bound, and clean and attacked accuracy must come from
 # equally accurate equilibria to be comparable.
 EVAL_TOL = 1e-6
+
+# What provenance() checks for uncommitted changes (paths relative to the checkout).
+CODE_PATHS = ("src", "scripts", "workflow", "Snakefile", "pyproject.toml")
 EVAL_MAX_ITER = 3000
 
 
@@ -239,18 +242,27 @@ def summarise_history(history: Sequence[dict]) -> dict:
 
 
 def provenance(folder: str, device: torch.device | str, threads: int) -> dict:
-    """Versions, device and git commit of a run (``"unknown"`` outside a git checkout)."""
+    """Versions, device, git commit and whether the checkout had uncommitted changes.
+
+    Outside a git checkout the commit is ``"unknown"`` and ``git_dirty`` is ``None``.
+    """
     import platform
     import subprocess
 
     from . import __version__
 
-    try:
-        commit = subprocess.run(
-            ["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", "-C", folder, *args], capture_output=True, text=True, check=True
+            )
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    # only the code: results/ and figures/ are tracked too and change while the workflow runs
+    status = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
     return {
         "nemon": __version__,
         "torch": torch.__version__,
@@ -258,4 +270,6 @@ def provenance(folder: str, device: torch.device | str, threads: int) -> dict:
         "device": str(device),
         "threads": threads,
         "git_commit": commit,
+        # uncommitted changes to the code: the commit alone does not pin it
+        "git_dirty": None if status is None else bool(status),
     }
