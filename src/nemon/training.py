@@ -262,7 +262,9 @@ def provenance(folder: str, device: torch.device | str, threads: int) -> dict:
 
     commit = git("rev-parse", "HEAD") or "unknown"
     # only the code: results/ and figures/ are tracked too and change while the workflow runs
-    status = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
+    status = git(
+        "status", "--porcelain", "--untracked-files=no", "--", *(f":/{p}" for p in CODE_PATHS)
+    )
     return {
         "nemon": __version__,
         "torch": torch.__version__,
