@@ -216,14 +216,11 @@ class NEMON(nn.Module):
 
     def alpha_star(self) -> float:
         """Largest provably convergent step ``1 / (1 - min_i min(a_ii, 0))`` (MATH 3)."""
-        a = torch.diagonal(self.M).detach()
-        return float(1.0 / (1.0 - a.clamp(max=0).min()))
+        return self._step_constants()[0]
 
     def rho(self) -> float:
         """Contraction factor of the averaged map at ``alpha*`` in ``||.||_eta`` (MATH 3)."""
-        a = torch.diagonal(self.M).detach()
-        mu_plus = float(self.mu().detach().clamp(min=0))
-        return 1.0 - (1.0 - mu_plus) / float(1.0 - a.clamp(max=0).min())
+        return self._step_constants()[1]
 
     # --- MATH 1: the input map with normalisation folded in ---------------------------
     def input_map(self) -> tuple[Tensor, Tensor]:
@@ -278,12 +275,10 @@ class NEMON(nn.Module):
         return (dw.abs() / self.eta.detach()).sum(dim=1)
 
     def _step_constants(self) -> tuple[float, float]:
-        """``(alpha*, rho)`` of MATH 3 from the diagonal of ``T``, with one device sync."""
+        """``(alpha*, rho)`` of MATH 3 (the diagonal of ``A`` is that of ``M``), one device sync."""
         with torch.no_grad():
-            t = torch.diagonal(self.T)
-            a_min = (t - self.T.abs().sum(dim=1) + self.gamma).clamp(max=0).min()
-            mu = (t - t.abs()).max() + self.gamma
-            a_min, mu = torch.stack((a_min, mu)).tolist()
+            a_min = torch.diagonal(self.M).clamp(max=0).min()
+            a_min, mu = torch.stack((a_min, self.mu())).tolist()
         return 1.0 / (1.0 - a_min), 1.0 - (1.0 - max(mu, 0.0)) / (1.0 - a_min)
 
     def _solve(

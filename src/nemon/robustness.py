@@ -26,17 +26,22 @@ def inversion_attack(u: Tensor, eps: float) -> Tensor:
     return u + eps * (1.0 - 2.0 * u)
 
 
-def pairwise_lipschitz(model: NEMON) -> Tensor:
+def _class_pair_norms(model: NEMON) -> Tensor:
+    """``||(c_k - c_j)^T diag(eta)^-1||_1`` for every pair of classes ``(k, j)``."""
+    Cw = model.C / model.eta[None, :]
+    return (Cw[:, None, :] - Cw[None, :, :]).abs().sum(dim=2)
+
+
+def pairwise_lipschitz(model: NEMON, pair_norms: Tensor | None = None) -> Tensor:
     """``L_kj = ||(c_k - c_j)^T diag(eta)^-1||_1 ||diag(eta) B||_inf / (1 - mu_+)`` (MATH 6).
 
     Returns the ``(classes, classes)`` matrix (zero diagonal).
     """
+    if pair_norms is None:
+        pair_norms = _class_pair_norms(model)
     B_eff, _ = model.input_map()
-    eta = model.eta
-    Cw = model.C / eta[None, :]
-    diff = (Cw[:, None, :] - Cw[None, :, :]).abs().sum(dim=2)
-    scale = (eta[:, None] * B_eff).abs().sum(dim=1).max() / (1.0 - model.mu().clamp(min=0))
-    return diff * scale
+    scale = (model.eta[:, None] * B_eff).abs().sum(dim=1).max() / (1.0 - model.mu().clamp(min=0))
+    return pair_norms * scale
 
 
 @torch.no_grad()
@@ -54,9 +59,9 @@ def certified_radius(model: NEMON, u: Tensor, labels: Tensor) -> Tensor:
     y = torch.nn.functional.linear(x.reshape(-1, model.hidden_features), model.C, model.c)
     if labels.shape[0] != y.shape[0]:
         raise ValueError(f"{y.shape[0]} inputs but {labels.shape[0]} labels")
-    L = pairwise_lipschitz(model)
-    Cw = model.C / model.eta[None, :]
-    slack = (Cw[:, None, :] - Cw[None, :, :]).abs().sum(dim=2) * stats.error_bound
+    pair_norms = _class_pair_norms(model)
+    L = pairwise_lipschitz(model, pair_norms)
+    slack = pair_norms * stats.error_bound
     k = labels.long()
     margin = y.gather(1, k[:, None]) - y - slack[k]  # (batch, classes): y_k - y_j - slack
     radius = margin / L[k]

@@ -8,6 +8,8 @@ does not depend on the batch size).
 from __future__ import annotations
 
 import math
+import platform
+import subprocess
 import time
 from collections.abc import Iterable, Sequence
 
@@ -15,6 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import __version__
 from .errors import ConfigurationError, NonFiniteError
 from .model import NEMON
 from .robustness import _check_eps, certified_radius, inversion_attack
@@ -148,10 +151,10 @@ def train(
 # subtract the solver's error bound, and clean and attacked accuracy must come from
 # equally accurate equilibria to be comparable.
 EVAL_TOL = 1e-6
+EVAL_MAX_ITER = 3000
 
 # What provenance() checks for uncommitted changes (paths relative to the checkout).
 CODE_PATHS = ("src", "scripts", "workflow", "Snakefile", "pyproject.toml")
-EVAL_MAX_ITER = 3000
 
 
 @torch.no_grad()
@@ -246,10 +249,6 @@ def provenance(folder: str, device: torch.device | str, threads: int) -> dict:
 
     Outside a git checkout the commit is ``"unknown"`` and ``git_dirty`` is ``None``.
     """
-    import platform
-    import subprocess
-
-    from . import __version__
 
     def git(*args: str) -> str | None:
         try:
