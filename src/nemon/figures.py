@@ -246,28 +246,16 @@ def plot_lipschitz_vs_lambda(summary: pd.DataFrame, *, title: str | None = None)
     with sns.axes_style(STYLE):
         fig = Figure(figsize=(6.0, 4.5), layout="constrained")
         ax = fig.subplots()
-        sns.lineplot(
-            data=means,
+        common = dict(
             x="lam",
             y="lipschitz_bound",
             hue="gamma_label",
             hue_order=order,
             palette="rocket",
-            estimator=None,
-            errorbar=None,
-            legend=False,
             ax=ax,
         )
-        sns.scatterplot(
-            data=df,
-            x="lam",
-            y="lipschitz_bound",
-            hue="gamma_label",
-            hue_order=order,
-            palette="rocket",
-            s=50,
-            ax=ax,
-        )
+        sns.lineplot(data=means, estimator=None, errorbar=None, legend=False, **common)
+        sns.scatterplot(data=df, s=50, **common)
         positive = df.loc[df["lam"] > 0, "lam"]
         ax.set_xscale("symlog", linthresh=float(positive.min()) if len(positive) else 1.0)
         if (df["lipschitz_bound"] > 0).all():
