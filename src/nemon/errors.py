@@ -26,5 +26,13 @@ class DatasetError(NemonError, RuntimeError):
     """A dataset file is missing, corrupt or cannot be obtained."""
 
 
+class CorruptFileError(NemonError, RuntimeError):
+    """A file that a stage needs is missing, truncated, altered or not what it should be."""
+
+
 class NonConvergenceWarning(RuntimeWarning):
     """A fixed-point solve stopped at ``max_iter`` above ``tol`` (emitted once per model)."""
+
+
+class PrecisionWarning(RuntimeWarning):
+    """A tolerance below what the floating-point type resolves (MATH 12; emitted once per model)."""

@@ -1,4 +1,4 @@
-"""The NEMON implicit layer: ``x = relu(A x + B u + b)``, ``y = C x + c`` (MATH 1-5)."""
+"""The NEMON implicit layer: ``x = relu(A x + B u + b)``, ``y = C x + c`` (MATH 1-5, 12, 13)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigurationError, ConvergenceError, NonConvergenceWarning, NonFiniteError
+from . import core
+from .errors import (
+    ConfigurationError,
+    ConvergenceError,
+    NonConvergenceWarning,
+    NonFiniteError,
+    PrecisionWarning,
+)
 from .measure import inf_norm
-from .solvers import SolverStats, get_solver
+from .solvers import STOP_RULES, SolverStats, get_solver, stop_factor
 
 
 def _check_finite(t: Tensor, what: str, hint: str) -> None:
@@ -23,69 +30,102 @@ def _check_finite(t: Tensor, what: str, hint: str) -> None:
         raise NonFiniteError(f"{what} contains {bad} non-finite value(s) (NaN or inf); {hint}")
 
 
-class _Equilibrium(torch.autograd.Function):
-    """``x* = Phi(A x* + inj)`` with the implicit backward of MATH 4.
+def check_positive_int(name: str, val: Any) -> None:
+    if not isinstance(val, int) or isinstance(val, bool) or val < 1:
+        raise ConfigurationError(f"{name} must be a positive integer, got {val!r}")
 
-    ``inj = B u + b`` is computed by ordinary autograd outside, so the
-    gradients with respect to ``B``, ``b`` and ``u`` follow from
-    ``dL/dinj = v = J w``; only ``dL/dA = v x*^T`` is formed here. Nothing of
-    the forward iterations is kept: the graph holds ``A``, ``x*`` and the
-    activation pattern ``J``.
-    """
 
-    @staticmethod
-    def forward(ctx, A: Tensor, inj: Tensor, model: NEMON) -> Tensor:  # type: ignore[override]
-        At = A.t().contiguous()
+def check_tol(tol: Any, name: str = "tol") -> float:
+    if (
+        isinstance(tol, bool)
+        or not isinstance(tol, (int, float))
+        or not (math.isfinite(tol) and tol > 0)
+    ):
+        raise ConfigurationError(f"{name} must be a positive finite number, got {name}={tol!r}")
+    return float(tol)
 
-        def F(x: Tensor) -> Tensor:
-            return torch.addmm(inj, x, At).clamp_(min=0)
 
-        alpha, rho = model._step_constants()
-        x, stats = model._solve(
-            F, torch.zeros_like(inj), model._err_norm_primal, "forward", alpha, rho
+def check_stop(stop: Any) -> str:
+    if stop not in STOP_RULES:
+        raise ConfigurationError(
+            f"unknown stopping rule stop={stop!r}; choose one of {list(STOP_RULES)} (MATH 12)"
         )
-        ctx.model = model
-        ctx.constants = (alpha, rho)
-        mask = torch.addmm(inj, x, At) > 0  # J = diag(Phi'(z*)), 0/1 for ReLU
-        ctx.save_for_backward(A, x, mask)
-        return x
+    return stop
 
-    @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
-        A, x, mask = ctx.saved_tensors
-        model: NEMON = ctx.model
-        J = mask.to(g.dtype)
-        g = g.contiguous()
 
-        # Adjoint w = g + A^T J w, in row form: w_row = g_row + (J w)_row A.
-        def F(w: Tensor) -> Tensor:
-            return torch.addmm(g, w * J, A)
+def precision_floor(dtype: torch.dtype) -> float:
+    """Smallest relative step a solve in ``dtype`` can be asked for (MATH 12): 8 machine epsilons.
 
-        w, _ = model._solve(F, g.clone(), model._err_norm_dual, "backward", *ctx.constants)
-        v = w * J
-        grad_A = v.t() @ x if ctx.needs_input_grad[0] else None
-        grad_inj = v if ctx.needs_input_grad[1] else None
-        return grad_A, grad_inj, None
+    Below it the iterates stagnate at rounding level (the relative step of a
+    float32 solve rarely falls under ~1e-7), so such a tolerance is not honoured.
+    """
+    return 8.0 * torch.finfo(dtype).eps
+
+
+def input_stats(
+    mean: float | Tensor, std: float | Tensor, in_features: int
+) -> tuple[Tensor, Tensor]:
+    """Validated dataset statistics, kept in float64 (cast at use)."""
+    m = torch.as_tensor(mean, dtype=torch.float64).clone()
+    s = torch.as_tensor(std, dtype=torch.float64).clone()
+    for name, t in (("input_mean", m), ("input_std", s)):
+        if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != in_features):
+            raise ConfigurationError(
+                f"{name} must be a scalar or a vector of length in_features={in_features}, "
+                f"got shape {tuple(t.shape)}"
+            )
+        _check_finite(t, name, "give finite dataset statistics")
+    if not bool((s > 0).all()):
+        raise ConfigurationError(f"input_std must be positive, got {std!r}")
+    return m, s
+
+
+def flatten_input(
+    u: Tensor, in_features: int, dtype: torch.dtype
+) -> tuple[Tensor, tuple[int, ...]]:
+    """``u`` as rows of ``in_features`` values, and the leading shape to restore."""
+    if not isinstance(u, Tensor):
+        raise TypeError(f"expected a torch.Tensor input, got {type(u).__name__}")
+    if u.dim() >= 1 and u.shape[-1] == in_features:
+        lead = tuple(u.shape[:-1])
+    elif u.dim() >= 2 and math.prod(u.shape[1:]) == in_features:
+        lead = (u.shape[0],)
+    else:
+        raise ValueError(
+            f"input of shape {tuple(u.shape)} does not flatten to rows of "
+            f"in_features={in_features}; pass (..., {in_features}) or "
+            f"(batch, *image_shape) with {in_features} values per image"
+        )
+    u2 = u.reshape(-1, in_features)
+    if u2.dtype != dtype:
+        u2 = u2.to(dtype)
+    _check_finite(u2, "the input u", "inputs must be finite pixel values in [0, 1]")
+    return u2, lead
 
 
 class NEMON(nn.Module):
     """Non-Euclidean monotone operator network (one implicit layer).
 
     ``forward(u)`` takes pixels in ``[0, 1]`` of any leading shape that
-    flattens to ``in_features`` and returns logits. ``(u - input_mean) /
-    input_std`` is folded into the input map, so :meth:`lipschitz_bound` and
-    the certificates speak of pixel units (MATH 1).
+    flattens to ``in_features`` and returns logits. The input is normalised
+    with ``(u - input_mean) / input_std`` first, the first affine map of the
+    model (MATH 1), so :meth:`lipschitz_bound`, the certificates and the
+    attacks all speak of pixel units.
 
     ``A`` is built from the free parameters ``T`` and ``d`` (MATH 2) so that
     ``mu_eta(A) <= gamma`` for every parameter value; with ``weighted=False``,
-    ``d`` is a zero buffer and the norm is the plain l_inf norm.
+    ``d`` is a zero buffer and the norm is the plain l_inf norm (MATH 13: both
+    parametrisations describe the same functions).
 
     ``solver`` is ``"average"`` (MATH 3, the default), ``"anderson"`` or
-    ``"picard"``; ``tol`` is the relative step over the batch. A solve that
-    reaches ``max_iter`` above ``tol`` warns once per model
-    (:class:`NonConvergenceWarning`), or raises :class:`ConvergenceError`
-    when ``strict=True``.
+    ``"picard"``; ``stop`` is ``"step"`` (relative step <= ``tol``, the paper's
+    rule) or ``"bound"`` (relative a-posteriori error bound <= ``tol``, MATH 12).
+    A solve that reaches ``max_iter`` first warns once per model
+    (:class:`NonConvergenceWarning`), or raises :class:`ConvergenceError` when
+    ``strict=True``.
     """
+
+    kind = "nemon"
 
     def __init__(
         self,
@@ -100,6 +140,7 @@ class NEMON(nn.Module):
         solver: str = "average",
         tol: float = 1e-4,
         max_iter: int = 300,
+        stop: str = "step",
         strict: bool = False,
     ) -> None:
         super().__init__()
@@ -108,8 +149,9 @@ class NEMON(nn.Module):
             ("hidden_features", hidden_features),
             ("out_features", out_features),
         ):
-            if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-                raise ConfigurationError(f"{name} must be a positive integer, got {val!r}")
+            check_positive_int(name, val)
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
+            raise ConfigurationError(f"gamma must be a number below 1, got gamma={gamma!r}")
         gamma = float(gamma)
         if not math.isfinite(gamma) or gamma >= 1:
             raise ConfigurationError(
@@ -117,22 +159,15 @@ class NEMON(nn.Module):
                 f"network well posed), got gamma={gamma!r}"
             )
         get_solver(solver)
-        if not (isinstance(tol, (int, float)) and tol > 0 and math.isfinite(tol)):
-            raise ConfigurationError(f"tol must be a positive number, got tol={tol!r}")
-        if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1:
-            raise ConfigurationError(f"max_iter must be a positive integer, got {max_iter!r}")
-        # Kept in float64 (cast at use) so that a later .double() loses no precision.
-        mean = torch.as_tensor(input_mean, dtype=torch.float64).clone()
-        std = torch.as_tensor(input_std, dtype=torch.float64).clone()
-        for name, t in (("input_mean", mean), ("input_std", std)):
-            if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != in_features):
-                raise ConfigurationError(
-                    f"{name} must be a scalar or a vector of length in_features={in_features}, "
-                    f"got shape {tuple(t.shape)}"
-                )
-            _check_finite(t, name, "give finite dataset statistics")
-        if not bool((std > 0).all()):
-            raise ConfigurationError(f"input_std must be positive, got {input_std!r}")
+        tol = check_tol(tol)
+        check_positive_int("max_iter", max_iter)
+        stop = check_stop(stop)
+        if solver == "picard" and stop == "bound":
+            raise ConfigurationError(
+                "solver='picard' has no known contraction factor, so stop='bound' can never be "
+                "met; use stop='step' or solver='average'"
+            )
+        mean, std = input_stats(input_mean, input_std, in_features)
 
         self.in_features = in_features
         self.hidden_features = hidden_features
@@ -140,8 +175,9 @@ class NEMON(nn.Module):
         self.gamma = gamma
         self.weighted = bool(weighted)
         self.solver = solver
-        self.tol = float(tol)
+        self.tol = tol
         self.max_iter = max_iter
+        self.stop = stop
         self.strict = bool(strict)
 
         n, m = hidden_features, in_features
@@ -158,9 +194,10 @@ class NEMON(nn.Module):
         self.c = nn.Parameter(torch.empty(out_features))
         self.reset_parameters()
 
-        self.last_stats: SolverStats | None = None
+        self.last_forward_stats: SolverStats | None = None
         self.last_backward_stats: SolverStats | None = None
-        self._warned = False
+        self.last_error_bounds: Tensor | None = None  # per sample, of the last forward solve
+        self._warned: set[str] = set()
 
     def reset_parameters(self) -> None:
         """``T ~ U(-1/n, 1/n)`` keeps ``sum_j |t_ij|`` near 1/2, so ``alpha*`` starts
@@ -180,10 +217,35 @@ class NEMON(nn.Module):
             f"in_features={self.in_features}, hidden_features={self.hidden_features}, "
             f"out_features={self.out_features}, gamma={self.gamma}, weighted={self.weighted}, "
             f"solver={self.solver!r}, tol={self.tol}, max_iter={self.max_iter}, "
-            f"strict={self.strict}"
+            f"stop={self.stop!r}, strict={self.strict}"
         )
 
+    def constructor_kwargs(self) -> dict:
+        """The keyword arguments that rebuild this model (the model file stores them)."""
+        mean, std = self.input_mean, self.input_std
+        return {
+            "in_features": self.in_features,
+            "hidden_features": self.hidden_features,
+            "out_features": self.out_features,
+            "gamma": self.gamma,
+            "weighted": self.weighted,
+            "input_mean": float(mean) if mean.dim() == 0 else mean.tolist(),
+            "input_std": float(std) if std.dim() == 0 else std.tolist(),
+            "solver": self.solver,
+            "tol": self.tol,
+            "max_iter": self.max_iter,
+            "stop": self.stop,
+        }
+
+    @property
+    def last_stats(self) -> SolverStats | None:
+        """The statistics of the last forward solve (alias of ``last_forward_stats``)."""
+        return self.last_forward_stats
+
     # --- MATH 2: the parametrisation --------------------------------------------------
+    def _gamma_t(self) -> Tensor:
+        return torch.tensor([self.gamma], dtype=self.T.dtype, device=self.T.device)
+
     @property
     def eta(self) -> Tensor:
         """Norm weights ``eta = exp(d) > 0``."""
@@ -193,8 +255,7 @@ class NEMON(nn.Module):
     def M(self) -> Tensor:
         """``M = T - diag(|T| 1) + gamma I``, with ``mu_inf(M) <= gamma`` (MATH 2)."""
         T = self.T
-        diag = -T.abs().sum(dim=1) + self.gamma
-        return T + torch.diag(diag)
+        return T + torch.diag(self.gamma - T.abs().sum(dim=1))
 
     @property
     def A(self) -> Tensor:
@@ -222,7 +283,45 @@ class NEMON(nn.Module):
         """Contraction factor of the averaged map at ``alpha*`` in ``||.||_eta`` (MATH 3)."""
         return self._step_constants()[1]
 
-    # --- MATH 1: the input map with normalisation folded in ---------------------------
+    def _step_constants(self) -> tuple[float, float]:
+        """``(alpha*, rho)`` of MATH 3, with one device sync."""
+        with torch.no_grad():
+            A, M, _ = core.build_A(self.T[None], None, self._gamma_t())
+            alpha, rho = core.step_constants(M, self.T[None], self._gamma_t())
+        return alpha[0], rho[0]
+
+    def unweighted_equivalent(self) -> NEMON:
+        """The unweighted NEMON computing the same function (MATH 13).
+
+        ``relu`` commutes with positive diagonal scaling, so with ``x' = E x``,
+        ``E = diag(eta)``, the weighted model equals the unweighted one with
+        matrix ``M``, input map ``E B, E b`` and output map ``C E^-1``; its ``T'``
+        keeps the off-diagonal of ``M`` and sets ``t'_ii = r_i / 2`` with
+        ``r_i = m_ii - gamma + sum_{j != i} |m_ij| <= 0``. Same Lipschitz bound,
+        same ``alpha*`` and ``rho``.
+        """
+        kw = self.constructor_kwargs()
+        kw["weighted"] = False
+        twin = type(self)(**kw).to(self.T)
+        with torch.no_grad():
+            M = self.M
+            E = self.eta
+            off = M - torch.diag(torch.diagonal(M))
+            r = torch.diagonal(M) - self.gamma + off.abs().sum(dim=1)
+            twin.T.copy_(off + torch.diag(r.clamp(max=0) / 2))
+            twin.B.copy_(E[:, None] * self.B)
+            twin.b.copy_(E * self.b)
+            twin.C.copy_(self.C / E[None, :])
+            twin.c.copy_(self.c)
+        return twin
+
+    # --- MATH 1: the input map ---------------------------------------------------------
+    def normalise(self, u2: Tensor) -> Tensor:
+        """``(u - input_mean) / input_std`` for rows of pixels (MATH 1)."""
+        mean = self.input_mean.to(u2.dtype)
+        std = self.input_std.to(u2.dtype)
+        return (u2 - mean) / std
+
     def input_map(self) -> tuple[Tensor, Tensor]:
         """``(B_eff, b_eff)`` in pixel units: ``B (u - mean)/std + b = B_eff u + b_eff``."""
         std = self.input_std.to(self.B.dtype)
@@ -236,121 +335,198 @@ class NEMON(nn.Module):
 
     # --- MATH 5: the Lipschitz bound -----------------------------------------------------
     def lipschitz_bound(self) -> Tensor:
-        """l_inf Lipschitz bound of ``u -> y`` in pixel units (MATH 5).
+        """l_inf Lipschitz bound of ``u -> y`` in pixel units (MATH 5), differentiable.
 
-        ``||C diag(eta)^-1||_inf ||diag(eta) B||_inf / (1 - mu_eta(A)_+)``.
+        ``||C diag(eta)^-1||_inf ||diag(eta) B_pix||_inf / (1 - mu_eta(A)_+)``.
         """
-        B_eff, _ = self.input_map()
-        eta = self.eta
-        c_norm = inf_norm(self.C / eta[None, :])
-        b_norm = inf_norm(eta[:, None] * B_eff)
-        return c_norm * b_norm / (1.0 - self.mu().clamp(min=0))
+        inv_std = (1.0 / self.input_std).to(self.B.dtype)
+        d = self.d[None] if self.weighted else None
+        L = core.LipschitzBound.apply(
+            self.T[None], d, self.B[None], self.C[None], self._gamma_t(), inv_std
+        )
+        return L[0]
 
     # --- solving ---------------------------------------------------------------------
     @contextmanager
     def solver_settings(
-        self, *, tol: float | None = None, max_iter: int | None = None
+        self, *, tol: float | None = None, max_iter: int | None = None, stop: str | None = None
     ) -> Iterator[NEMON]:
-        """Temporarily solve at another ``tol``/``max_iter`` (``None`` keeps the current one).
+        """Temporarily solve at another ``tol``/``max_iter``/``stop`` (``None`` keeps it).
 
         Evaluation uses this to solve tighter than training: certificates
         subtract the a-posteriori error bound, so a loose solve certifies little.
         """
-        saved = self.tol, self.max_iter
-        if tol is not None and not (tol > 0 and math.isfinite(tol)):
-            raise ConfigurationError(f"tol must be a positive number, got tol={tol!r}")
-        if max_iter is not None and (not isinstance(max_iter, int) or max_iter < 1):
-            raise ConfigurationError(f"max_iter must be a positive integer, got {max_iter!r}")
-        self.tol = saved[0] if tol is None else float(tol)
+        saved = self.tol, self.max_iter, self.stop
+        new_tol = saved[0] if tol is None else check_tol(tol)
+        if max_iter is not None:
+            check_positive_int("max_iter", max_iter)
+        new_stop = saved[2] if stop is None else check_stop(stop)
+        self.tol = new_tol
         self.max_iter = saved[1] if max_iter is None else max_iter
+        self.stop = new_stop
         try:
             yield self
         finally:
-            self.tol, self.max_iter = saved
+            self.tol, self.max_iter, self.stop = saved
 
-    def _err_norm_primal(self, dx: Tensor) -> Tensor:
-        return (dx.abs() * self.eta.detach()).amax(dim=1)
-
-    def _err_norm_dual(self, dw: Tensor) -> Tensor:
-        return (dw.abs() / self.eta.detach()).sum(dim=1)
-
-    def _step_constants(self) -> tuple[float, float]:
-        """``(alpha*, rho)`` of MATH 3 (the diagonal of ``A`` is that of ``M``), one device sync."""
-        with torch.no_grad():
-            a_min = torch.diagonal(self.M).clamp(max=0).min()
-            a_min, mu = torch.stack((a_min, self.mu())).tolist()
-        return 1.0 / (1.0 - a_min), 1.0 - (1.0 - max(mu, 0.0)) / (1.0 - a_min)
-
-    def _solve(
-        self, F, x0: Tensor, err_norm, which: str, alpha: float, rho: float
-    ) -> tuple[Tensor, SolverStats]:
-        solve = get_solver(self.solver)
-        x, stats = solve(
-            F,
-            x0,
-            alpha=alpha,
-            rho=rho,
+    def _spec(self, embedded: bool = False) -> core.LayerSpec:
+        return core.LayerSpec(
+            gamma=self._gamma_t(),
+            weighted=self.weighted,
+            solver=self.solver,
             tol=self.tol,
             max_iter=self.max_iter,
-            err_norm=err_norm,
+            stop=self.stop,
+            embedded=embedded,
+            on_backward=self._record_backward,
         )
-        if which == "forward":
-            self.last_stats = stats
-        else:
-            self.last_backward_stats = stats
-        if not stats.converged:
+
+    def _warn_once(self, key: str, msg: str, category: type[Warning]) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(msg + " [warned once per model]", category, stacklevel=4)
+
+    def _check_precision(self, dtype: torch.dtype, rho: float) -> None:
+        step_tol = self.tol / stop_factor(self.stop, rho) if self.stop == "bound" else self.tol
+        floor = precision_floor(dtype)
+        if step_tol < floor:
+            self._warn_once(
+                "precision",
+                f"NEMON tol={self.tol:g} (stop={self.stop!r}, rho={rho:.4g}) asks for relative "
+                f"steps of {step_tol:.2g}, below what {dtype} resolves (about {floor:.1g}); the "
+                "solve may stall at rounding level and hit max_iter: use a looser tol or "
+                "model.double() (MATH 12)",
+                PrecisionWarning,
+            )
+
+    def _report(self, rec: core.SolveRecord, which: str) -> SolverStats:
+        m = rec.members[0]
+        stats = SolverStats(
+            rec.solver, m.iterations, m.residual, m.converged, rec.alpha[0], rec.rho[0], math.nan
+        )
+        if not m.converged:
             msg = (
-                f"NEMON {which} solve ({stats.solver}) stopped after {stats.iterations} iterations "
-                f"with relative step {stats.residual:.3g} > tol={self.tol:g} "
-                f"(alpha={stats.alpha:.3g}, rho={stats.rho:.4g}); raise max_iter, loosen tol, "
-                f"or use solver='average' (guaranteed to converge)"
+                f"NEMON {which} solve ({stats.solver}, stop={self.stop!r}) stopped after "
+                f"{stats.iterations} iterations with relative step {stats.residual:.3g} above "
+                f"tol={self.tol:g} (alpha={stats.alpha:.3g}, rho={stats.rho:.4g}); raise max_iter"
+                + (
+                    ", loosen tol, or use solver='average' (guaranteed to converge)"
+                    if self.solver != "average"
+                    else " or loosen tol (the averaged iteration converges, at rate rho)"
+                )
             )
             if self.strict:
                 raise ConvergenceError(msg)
-            if not self._warned:
-                self._warned = True
-                warnings.warn(msg + " [warned once per model]", NonConvergenceWarning, stacklevel=4)
+            self._warn_once(which, msg, NonConvergenceWarning)
+        return stats
+
+    def _record_backward(self, rec: core.SolveRecord) -> None:
+        stats = self._report(rec, "backward")
+        if rec.last_update is not None and rec.rho[0] < 1:
+            eta = self.eta.detach()
+            if rec.last_update.shape[-1] != eta.shape[0]:  # the embedded pair (MATH 10)
+                eta = eta.repeat(rec.last_update.shape[-1] // eta.shape[0])
+            dual = rec.last_update[0].abs().div(eta).sum(dim=1)
+            stats.error_bound = float((rec.rho[0] * dual / (1 - rec.rho[0])).max())
+        elif rec.rho[0] >= 1:
+            stats.error_bound = math.inf
+        self.last_backward_stats = stats
+
+    def _rounding(self, x: Tensor, inj: Tensor, u_n: Tensor, last: Tensor, alpha: float) -> Tensor:
+        """Per-sample bound on one step's rounding error in ``||.||_eta`` (MATH 12)."""
+        dt = x.dtype
+        n, m = self.hidden_features, self.in_features
+        with torch.no_grad():
+            eta = self.eta.detach()
+            T = self.T.detach()
+            M = self.M.detach()
+            xe = (x.abs() * eta).amax(dim=-1)  # ||x||_eta
+            ie = (inj.abs() * eta).amax(dim=-1)
+            de = (last.abs() * eta).amax(dim=-1)
+            beta = float((self.B.detach().abs().sum(dim=1) * eta).max())
+            bbar = float((self.b.detach().abs() * eta).max())
+            mean_over_std = float((self.input_mean.abs() / self.input_std).max())
+            ue = u_n.abs().amax(dim=-1) + mean_over_std
+            mat = float(M.abs().sum(dim=1).max()) + float(T.abs().sum(dim=1).max())
+            mat += abs(self.gamma) + 1.0
+            g = core.gamma_k(n + m + 16, dt)
+            u = core.unit_roundoff(dt)
+            return alpha * g * (mat * xe + ie + beta * ue + bbar) + 8 * u * (xe + de)
+
+    def _rho_safe(self, rho: float, dtype: torch.dtype) -> float:
+        """``rho`` inflated by the rounding of ``alpha*`` and ``mu`` (MATH 12)."""
+        T = self.T.detach()
+        slack = 2 * core.gamma_k(self.hidden_features + 2, dtype)
+        slack *= float(T.abs().sum(dim=1).max()) + abs(self.gamma) + 1.0
+        return min(rho + slack, 1.0)
+
+    def _layer(self, u_n: Tensor, inj: Tensor, embedded: bool) -> tuple[Tensor, SolverStats]:
+        """Solve the (embedded) layer for the injection ``inj`` of shape ``(N, n or 2n)``."""
+        _check_finite(self.T, "T", "the weights T or d are not finite; the training has diverged")
+        if self.weighted:
+            _check_finite(self.d, "d", "the weights T or d are not finite")
+        spec = self._spec(embedded)
+        d = self.d[None] if self.weighted else None
+        x = core.ImplicitLayer.apply(self.T[None], d, inj[None], spec)[0]
+        rec = spec.forward
+        self._check_precision(x.dtype, rec.rho[0])
+        stats = self._report(rec, "forward")
+        if rec.rho[0] < 1 and rec.last_update is not None:
+            rho = self._rho_safe(rec.rho[0], x.dtype)
+            xd, last = x.detach(), rec.last_update[0]
+            if embedded:
+                n = self.hidden_features
+                xd = torch.maximum(xd[:, :n].abs(), xd[:, n:].abs())
+                last = torch.maximum(last[:, :n].abs(), last[:, n:].abs())
+                inj_n = torch.maximum(inj[:, :n].abs(), inj[:, n:].abs()).detach()
+            else:
+                inj_n = inj.detach()
+            e = self._rounding(xd, inj_n, u_n, last, rec.alpha[0])
+            bounds = core.per_sample_bound(rho, last, self.eta.detach(), e)
+        else:
+            bounds = torch.full((x.shape[0],), math.inf, dtype=x.dtype, device=x.device)
+        stats.error_bound = float(bounds.max()) if bounds.numel() else 0.0
+        self.last_error_bounds = bounds
+        self.last_forward_stats = stats
+        spec.forward = None  # release the iterates held for the bound
         return x, stats
 
-    def _flatten(self, u: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-        if not isinstance(u, Tensor):
-            raise TypeError(f"NEMON expects a torch.Tensor input, got {type(u).__name__}")
-        if u.dim() >= 1 and u.shape[-1] == self.in_features:
-            lead = tuple(u.shape[:-1])
-        elif u.dim() >= 2 and math.prod(u.shape[1:]) == self.in_features:
-            lead = (u.shape[0],)
-        else:
-            raise ValueError(
-                f"input of shape {tuple(u.shape)} does not flatten to rows of "
-                f"in_features={self.in_features}; pass (..., {self.in_features}) or "
-                f"(batch, *image_shape) with {self.in_features} values per image"
-            )
-        u2 = u.reshape(-1, self.in_features)
-        if u2.dtype != self.B.dtype:
-            u2 = u2.to(self.B.dtype)
-        _check_finite(u2, "the input u", "inputs must be finite pixel values in [0, 1]")
-        return u2, lead
-
-    def _injection(self, u2: Tensor) -> Tensor:
-        B_eff, b_eff = self.input_map()
-        inj = torch.addmm(b_eff, u2, B_eff.t())
-        _check_finite(inj, "B u + b", "the weights B, b (or input_mean/input_std) are not finite")
-        return inj
+    def _injection(self, u_n: Tensor) -> Tensor:
+        _check_finite(self.B, "B", "the weights B, b are not finite; the training has diverged")
+        _check_finite(self.b, "b", "the weights B, b are not finite; the training has diverged")
+        return torch.addmm(self.b, u_n, self.B.t())
 
     def equilibrium(self, u: Tensor) -> tuple[Tensor, SolverStats]:
         """Solve ``x* = relu(A x* + B u + b)``; returns ``(x_star, stats)`` (MATH 3, 4)."""
-        u2, lead = self._flatten(u)
-        A = self.A
-        _check_finite(A, "A", "the weights T or d are not finite; the training has diverged")
-        x = _Equilibrium.apply(A, self._injection(u2), self)
-        assert self.last_stats is not None
-        return x.reshape(*lead, self.hidden_features), self.last_stats
+        u2, lead = flatten_input(u, self.in_features, self.B.dtype)
+        u_n = self.normalise(u2)
+        x, stats = self._layer(u_n, self._injection(u_n), embedded=False)
+        return x.reshape(*lead, self.hidden_features), stats
 
     def forward(self, u: Tensor) -> Tensor:
         x, _ = self.equilibrium(u)
-        y = torch.nn.functional.linear(x, self.C, self.c)
-        return y
+        return torch.nn.functional.linear(x, self.C, self.c)
+
+    def embedded_equilibrium(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, SolverStats]:
+        """``(x_lo*, x_hi*)`` of the embedded map for boxes ``[lo, hi]`` of pixels (MATH 9).
+
+        No widening here: see :func:`nemon.interval.interval_bounds`, which adds it.
+        Differentiable (MATH 10) with respect to every parameter and to ``lo``, ``hi``.
+        """
+        lo2, lead = flatten_input(lo, self.in_features, self.B.dtype)
+        hi2, _ = flatten_input(hi, self.in_features, self.B.dtype)
+        lo_n, hi_n = self.normalise(lo2), self.normalise(hi2)
+        _check_finite(self.B, "B", "the weights B, b are not finite")
+        z_lo, z_hi = core.box_injection(self.B[None], self.b[None], lo_n, hi_n)
+        inj = torch.cat((z_lo[0], z_hi[0]), dim=-1)
+        u_abs = torch.maximum(lo_n.abs(), hi_n.abs())
+        x, stats = self._layer(u_abs, inj, embedded=True)
+        n = self.hidden_features
+        return x[:, :n].reshape(*lead, n), x[:, n:].reshape(*lead, n), stats
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # keep pickled models usable
         super().__setstate__(state)
-        self.__dict__.setdefault("_warned", False)
+        self.__dict__.setdefault("_warned", set())
+
+
+__all__ = ["NEMON", "inf_norm"]

@@ -1,19 +1,40 @@
-"""The inversion attack (MATH 7) and l_inf certificates (MATH 6)."""
+"""Certificates (MATH 6, 9) and the inversion attack (MATH 7).
+
+Two sound certificates of l_inf robustness at a radius ``eps`` (pixel units):
+
+* ``"lipschitz"`` (MATH 6): the clean margins against per-class-pair Lipschitz
+  constants of the whole network;
+* ``"interval"`` (MATH 9): a box around the equilibrium for every input of the
+  ball, from the embedded averaged iteration, and the margins' lower bounds
+  over that box (margin elision). Usually far tighter.
+
+Both shrink the margins by the solver's a-posteriori error bound including
+floating-point rounding (MATH 12), so a loose or stopped solve never certifies
+more than the exact equilibrium would. Neither may ever exceed the accuracy of
+any attack at the same ``eps`` on the same inputs (MATH 11).
+"""
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from . import core
 from .errors import ConfigurationError
-from .model import NEMON
+from .model import flatten_input
+
+METHODS = ("lipschitz", "interval")
 
 
-def _check_eps(eps: float) -> float:
-    eps = float(eps)
-    if not (0.0 <= eps <= 1.0):
+def check_eps(eps: float) -> float:
+    """``eps`` as a float in ``[0, 1]`` (pixel units), else a clear error."""
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"eps must be a number in [0, 1], got eps={eps!r}") from None
+    if not (0.0 <= value <= 1.0):
         raise ConfigurationError(f"eps must lie in [0, 1] (pixel units), got eps={eps!r}")
-    return eps
+    return value
 
 
 def inversion_attack(u: Tensor, eps: float) -> Tensor:
@@ -22,20 +43,29 @@ def inversion_attack(u: Tensor, eps: float) -> Tensor:
     ``eps = 0`` is the clean image, ``eps = 1`` the inverted one; for ``u`` in
     ``[0, 1]`` the perturbation has ``||delta||_inf <= eps``.
     """
-    eps = _check_eps(eps)
+    eps = check_eps(eps)
     return u + eps * (1.0 - 2.0 * u)
 
 
-def _class_pair_norms(model: NEMON) -> Tensor:
-    """``||(c_k - c_j)^T diag(eta)^-1||_1`` for every pair of classes ``(k, j)``."""
+def _labels(labels: Tensor, n: int, classes: int, device) -> Tensor:
+    k = labels.reshape(-1).to(device=device, dtype=torch.long)
+    if k.shape[0] != n:
+        raise ValueError(f"{n} inputs but {k.shape[0]} labels")
+    if k.numel() and (int(k.min()) < 0 or int(k.max()) >= classes):
+        raise ValueError(f"labels must lie in 0..{classes - 1}, got {int(k.min())}..{int(k.max())}")
+    return k
+
+
+def _class_pair_norms(model: nn.Module) -> Tensor:
+    """``||(C_k - C_j) diag(eta)^-1||_1`` for every pair of classes ``(k, j)``."""
     Cw = model.C / model.eta[None, :]
     return (Cw[:, None, :] - Cw[None, :, :]).abs().sum(dim=2)
 
 
-def pairwise_lipschitz(model: NEMON, pair_norms: Tensor | None = None) -> Tensor:
-    """``L_kj = ||(c_k - c_j)^T diag(eta)^-1||_1 ||diag(eta) B||_inf / (1 - mu_+)`` (MATH 6).
+def pairwise_lipschitz(model: nn.Module, pair_norms: Tensor | None = None) -> Tensor:
+    """``L_kj = ||(C_k - C_j) diag(eta)^-1||_1 ||diag(eta) B||_inf / (1 - mu_+)`` (MATH 6).
 
-    Returns the ``(classes, classes)`` matrix (zero diagonal).
+    Returns the ``(classes, classes)`` matrix (zero diagonal), pixel units.
     """
     if pair_norms is None:
         pair_norms = _class_pair_norms(model)
@@ -44,34 +74,130 @@ def pairwise_lipschitz(model: NEMON, pair_norms: Tensor | None = None) -> Tensor
     return pair_norms * scale
 
 
-@torch.no_grad()
-def certified_radius(model: NEMON, u: Tensor, labels: Tensor) -> Tensor:
-    """Per-sample certified l_inf radius in pixel units (MATH 6, per-class form).
+def _logit_rounding(model: nn.Module, x_abs: Tensor) -> Tensor:
+    """Bound on the rounding error of ``y_k - y_j`` computed from ``x`` (MATH 12): ``(N, classes)``.
 
-    ``min_{j != k} (y_k - y_j) / L_kj`` for a correctly classified input with
-    label ``k``, and 0 for a misclassified one. The margins are shrunk by the
-    solver's a-posteriori error bound (``|d(y_k - y_j)| <= ||(c_k - c_j)^T
-    diag(eta)^-1||_1 ||x - x*||_eta``), so an inexact equilibrium never
-    certifies more than the exact one would.
+    ``(N, classes)`` of ``g (|C_k| . |x| + |c_k|)``; the pair bound is the sum of two.
     """
-    x, stats = model.equilibrium(u)
-    labels = labels.reshape(-1).to(x.device)
-    y = torch.nn.functional.linear(x.reshape(-1, model.hidden_features), model.C, model.c)
-    if labels.shape[0] != y.shape[0]:
-        raise ValueError(f"{y.shape[0]} inputs but {labels.shape[0]} labels")
-    pair_norms = _class_pair_norms(model)
-    L = pairwise_lipschitz(model, pair_norms)
-    slack = pair_norms * stats.error_bound
-    k = labels.long()
-    margin = y.gather(1, k[:, None]) - y - slack[k]  # (batch, classes): y_k - y_j - slack
+    g = core.gamma_k(model.hidden_features + 4, x_abs.dtype)
+    return g * (x_abs @ model.C.abs().t() + model.c.abs())
+
+
+@torch.no_grad()
+def lipschitz_radius(model: nn.Module, u: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample certified l_inf radius (MATH 6) and the predicted class, from one solve.
+
+    ``min_{j != k} (y_k - y_j - slack_kj) / L_kj`` for a correctly classified
+    input with label ``k``, 0 for a misclassified one. ``slack`` holds the
+    solver's a-posteriori error bound of that sample (``|d(y_k - y_j)| <=
+    ||(C_k - C_j) diag(eta)^-1||_1 ||x - x*||_eta``) and the rounding of the
+    logits, and ``L`` is inflated by the rounding of its own sums (MATH 12).
+    A model without the l_inf machinery of MATH 6 (no ``mu``, e.g. MON) gets the
+    cruder form ``margin / (2 Lip)`` with its own :meth:`lipschitz_bound`.
+    """
+    x, _ = model.equilibrium(u)
+    x = x.reshape(-1, model.hidden_features)
+    bounds = model.last_error_bounds
+    y = torch.nn.functional.linear(x, model.C, model.c)
+    k = _labels(labels, y.shape[0], model.out_features, y.device)
+    pred = y.argmax(dim=1)
+    rnd = _logit_rounding(model, x.abs())
+    if hasattr(model, "mu"):
+        pair_norms = _class_pair_norms(model)
+        L = pairwise_lipschitz(model, pair_norms)
+        err = pair_norms[k] * bounds[:, None]
+    else:  # the crude form: |d(y_k - y_j)| <= 2 max_i |dy_i| <= 2 ||C||_2->inf ||x - x*||_2 ...
+        L = 2 * model.lipschitz_bound() * torch.ones_like(y[0])[None, :].expand(y.shape[1], -1)
+        err = 2 * model.C.norm(dim=1).max() * bounds[:, None].expand_as(y)
+    L = L * (1 + core.gamma_k(model.in_features + model.hidden_features + 8, L.dtype))
+    slack = err + rnd + rnd.gather(1, k[:, None])
+    margin = y.gather(1, k[:, None]) - y - slack  # (batch, classes)
     radius = margin / L[k]
     radius[torch.arange(len(k)), k] = float("inf")  # j = k is not a constraint
     r = radius.min(dim=1).values.clamp(min=0)
-    correct = y.argmax(dim=1) == k
-    return torch.where(correct, r, torch.zeros_like(r))
+    r = torch.where(torch.isnan(r), torch.zeros_like(r), r)
+    return torch.where(pred == k, r, torch.zeros_like(r)), pred
 
 
-def certified_accuracy(model: NEMON, u: Tensor, labels: Tensor, eps: float) -> float:
-    """Fraction of inputs correctly classified and certified at ``eps``: radius > eps (MATH 6)."""
-    eps = _check_eps(eps)
-    return float((certified_radius(model, u, labels) > eps).float().mean())
+def certified_radius(model: nn.Module, u: Tensor, labels: Tensor) -> Tensor:
+    """Per-sample certified l_inf radius in pixel units (MATH 6); see :func:`lipschitz_radius`."""
+    return lipschitz_radius(model, u, labels)[0]
+
+
+def _box(u: Tensor, eps: float, lo: Tensor | None, hi: Tensor | None) -> tuple[Tensor, Tensor]:
+    return (u - eps).clamp(0.0, 1.0), (u + eps).clamp(0.0, 1.0)
+
+
+def interval_bounds(model: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, object]:
+    """Sound bounds ``x_lo <= x*(v) <= x_hi`` for every ``v`` in each box ``[lo, hi]`` (MATH 9).
+
+    ``lo``, ``hi``: pixels, same shape (any shape that flattens to
+    ``in_features`` per box). The embedded averaged iteration runs at the
+    model's solver settings; the result is widened by the a-posteriori error
+    bound of the stopped iteration including rounding (``delta / eta``, MATH 9,
+    12), and ``x_lo`` is clipped at 0 (every equilibrium is a ReLU output).
+    Returns ``(x_lo, x_hi, stats)``; differentiable like the model itself.
+    """
+    if not isinstance(lo, Tensor) or not isinstance(hi, Tensor):
+        raise TypeError("interval_bounds expects tensors lo and hi")
+    if lo.shape != hi.shape:
+        raise ValueError(
+            f"lo and hi must have the same shape, got {tuple(lo.shape)} and {tuple(hi.shape)}"
+        )
+    if bool((lo > hi).any()):
+        bad = int((lo > hi).sum())
+        raise ConfigurationError(
+            f"{bad} coordinate(s) of the boxes have lo > hi; pass lo <= hi elementwise "
+            "(for a ball of radius eps around u: lo = clamp(u - eps, 0, 1), "
+            "hi = clamp(u + eps, 0, 1))"
+        )
+    x_lo, x_hi, stats = model.embedded_equilibrium(lo, hi)
+    delta = model.last_error_bounds
+    widen = delta.reshape(*x_lo.shape[:-1], 1) / model.eta.detach()
+    return (x_lo - widen).clamp(min=0), x_hi + widen, stats
+
+
+def interval_margins(model: nn.Module, u: Tensor, labels: Tensor, eps: float) -> Tensor:
+    """Lower bounds ``m_kj`` of ``y_k - y_j`` over the l_inf ball of radius ``eps`` (MATH 9).
+
+    ``(N, classes)``, ``m_kk = 0``; the ball is clipped to ``[0, 1]`` pixels.
+    Rounding of the margin itself is subtracted (MATH 12).
+    """
+    eps = check_eps(eps)
+    u2, _ = flatten_input(u, model.in_features, next(model.parameters()).dtype)
+    k = _labels(labels, u2.shape[0], model.out_features, u2.device)
+    lo, hi = _box(u2, eps, None, None)
+    x_lo, x_hi, _ = interval_bounds(model, lo, hi)
+    z = core.worst_case_logits(model.C[None], model.c[None], x_lo[None], x_hi[None], k)[0]
+    rnd = _logit_rounding(model, torch.maximum(x_lo.abs(), x_hi.abs()))
+    m = -z - (rnd + rnd.gather(1, k[:, None]))
+    m[torch.arange(len(k)), k] = 0.0
+    return m
+
+
+@torch.no_grad()
+def certified_mask(
+    model: nn.Module, u: Tensor, labels: Tensor, eps: float, method: str = "lipschitz"
+) -> Tensor:
+    """Per input: correctly classified and certified at ``eps`` by ``method`` (MATH 6, 9)."""
+    eps = check_eps(eps)
+    if method == "lipschitz":
+        return certified_radius(model, u, labels) > eps
+    if method == "interval":
+        u2, _ = flatten_input(u, model.in_features, next(model.parameters()).dtype)
+        k = _labels(labels, u2.shape[0], model.out_features, u2.device)
+        y = model(u2)
+        correct = y.argmax(dim=1) == k
+        m = interval_margins(model, u2, k, eps)
+        m[torch.arange(len(k)), k] = float("inf")
+        return correct & (m.min(dim=1).values > 0)
+    raise ConfigurationError(
+        f"unknown certification method {method!r}; choose one of {list(METHODS)}"
+    )
+
+
+def certified_accuracy(
+    model: nn.Module, u: Tensor, labels: Tensor, eps: float, method: str = "lipschitz"
+) -> float:
+    """Fraction of inputs correctly classified and certified at ``eps`` (MATH 6, 9)."""
+    return float(certified_mask(model, u, labels, eps, method).float().mean())

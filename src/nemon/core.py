@@ -1,0 +1,378 @@
+"""The computational core shared by every NEMON: parametrisation, implicit layer, bounds.
+
+Everything here works on a *stack* of ``K`` independent models at once (a leading
+member dimension on every parameter: ``T (K, n, n)``, ``d (K, n)``, ...); a single
+:class:`~nemon.model.NEMON` is the case ``K = 1``. Batched products make a stack of
+small models run at nearly the cost of one, and each member still stops its
+solves by its own rule (see :func:`nemon.solvers.solve_members`).
+
+The gradients of the implicit layer (MATH 4), of the interval embedding (MATH 9,
+10) and of the Lipschitz bound (MATH 5) are written by hand: one autograd node
+each instead of a dozen, which is most of what a training step costs besides the
+solves. ``tests/test_gradients.py`` checks them with ``gradcheck`` in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .solvers import MemberSolve, anderson, solve_members
+
+
+# --- MATH 2: the parametrisation ------------------------------------------------------------
+def build_A(T: Tensor, d: Tensor | None, gamma: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(A, M, R)`` with ``M = T - diag(|T| 1) + gamma I`` and ``A = M * R`` (MATH 2).
+
+    ``R_ij = eta_j / eta_i`` with ``eta = exp(d)``; ``d = None`` is the unweighted
+    case (``A = M``, ``R = None``). ``gamma`` has shape ``(K,)``.
+    """
+    M = T.clone()
+    M.diagonal(dim1=-2, dim2=-1).sub_(T.abs().sum(dim=-1)).add_(gamma[:, None])
+    if d is None:
+        return M, M, None
+    eta = d.exp()
+    R = eta[:, None, :] / eta[:, :, None]
+    return M * R, M, R
+
+
+def step_constants(M: Tensor, T: Tensor, gamma: Tensor) -> tuple[list[float], list[float]]:
+    """Per member ``alpha* = 1 / (1 - min_i min(a_ii, 0))`` and ``rho`` (MATH 3), one sync.
+
+    ``diag A = diag M``, and ``mu_eta(A) = max_i (t_ii - |t_ii|) + gamma`` in closed form.
+    """
+    a_min = M.diagonal(dim1=-2, dim2=-1).clamp(max=0).amin(dim=-1)
+    t = T.diagonal(dim1=-2, dim2=-1)
+    mu = (t - t.abs()).amax(dim=-1) + gamma
+    a_mins, mus = torch.stack((a_min, mu)).tolist()
+    alpha = [1.0 / (1.0 - a) for a in a_mins]
+    rho = [1.0 - (1.0 - max(m, 0.0)) / (1.0 - a) for m, a in zip(mus, a_mins, strict=True)]
+    return alpha, rho
+
+
+def param_grads(
+    dA: Tensor, T: Tensor, A: Tensor, R: Tensor | None, need_d: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Chain rule from ``dL/dA`` to ``dL/dT`` and ``dL/dd`` through MATH 2.
+
+    ``a_ij = m_ij exp(d_j - d_i)`` gives ``dL/dd = colsum(P) - rowsum(P)`` with
+    ``P = dA * A`` (the diagonal cancels), and ``m_ij = t_ij - [i = j] sum_l |t_il|``
+    gives ``dL/dt_ij = dm_ij - dm_ii sign(t_ij)``.
+    """
+    dM = dA if R is None else dA * R
+    dT = dM - dM.diagonal(dim1=-2, dim2=-1)[..., None] * T.sign()
+    dd = None
+    if need_d and R is not None:
+        P = dA * A
+        dd = P.sum(dim=-2) - P.sum(dim=-1)
+    return dT, dd
+
+
+# --- MATH 9: the embedded (mixed-monotone) matrix --------------------------------------------
+def _negative_off_diagonal(A: Tensor) -> Tensor:
+    n = A.shape[-1]
+    off = ~torch.eye(n, dtype=torch.bool, device=A.device)
+    return (A < 0) & off
+
+
+def embed(A: Tensor) -> Tensor:
+    """The ``2n x 2n`` matrix of the embedded map on ``(x_lo, x_hi)`` (MATH 9).
+
+    ``[[A_pos, A_neg], [A_neg, A_pos]]`` with ``A_neg`` the negative off-diagonal
+    part of ``A`` and ``A_pos = A - A_neg`` (diagonal and non-negative off-diagonal).
+    """
+    neg = A * _negative_off_diagonal(A)
+    pos = A - neg
+    top = torch.cat((pos, neg), dim=-1)
+    bottom = torch.cat((neg, pos), dim=-1)
+    return torch.cat((top, bottom), dim=-2)
+
+
+def unembed_grad(dE: Tensor, A: Tensor) -> Tensor:
+    """``dL/dA`` from ``dL/d embed(A)``: each entry of ``A`` lives in two blocks."""
+    n = A.shape[-1]
+    d11, d12 = dE[..., :n, :n], dE[..., :n, n:]
+    d21, d22 = dE[..., n:, :n], dE[..., n:, n:]
+    return torch.where(_negative_off_diagonal(A), d12 + d21, d11 + d22)
+
+
+# --- the implicit layer ---------------------------------------------------------------------
+@dataclass
+class SolveRecord:
+    """What one forward or backward solve of a stack did, for the caller's statistics."""
+
+    solver: str
+    members: list[MemberSolve]
+    alpha: list[float]
+    rho: list[float]
+    last_update: Tensor | None = None  # (K, N, n): for the a-posteriori error bound
+    x: Tensor | None = None
+
+
+@dataclass
+class LayerSpec:
+    """Constants of one call of the implicit layer (not tensors of the autograd graph)."""
+
+    gamma: Tensor  # (K,)
+    weighted: bool
+    solver: str
+    tol: float
+    max_iter: int
+    stop: str
+    embedded: bool = False
+    keep_last_update: bool = True  # a fast training path may skip the error-bound inputs
+    forward: SolveRecord | None = None
+    backward: SolveRecord | None = None
+    on_backward: object = field(default=None, repr=False)  # callable(SolveRecord) or None
+
+
+def _solve(spec: LayerSpec, make_F, x0: Tensor, alpha, rho) -> tuple[Tensor, SolveRecord]:
+    if spec.solver == "anderson":
+        return _solve_anderson(spec, make_F, x0, alpha, rho)
+    if spec.solver == "picard":
+        alpha, rho = [1.0] * len(alpha), [math.inf] * len(rho)
+    x, recs, last = solve_members(
+        make_F, x0, alpha=alpha, rho=rho, tol=spec.tol, max_iter=spec.max_iter, stop=spec.stop
+    )
+    return x, SolveRecord(spec.solver, recs, alpha, rho, last if spec.keep_last_update else None)
+
+
+def _solve_anderson(spec: LayerSpec, make_F, x0: Tensor, alpha, rho) -> tuple[Tensor, SolveRecord]:
+    # Anderson mixes iterates per system: one member at a time.
+    out = torch.empty_like(x0)
+    last = torch.empty_like(x0)
+    recs = []
+    for k in range(x0.shape[0]):
+        F = make_F(torch.tensor([k], device=x0.device))
+        xk, st = anderson(
+            lambda x, F=F: F(x[None])[0],
+            x0[k],
+            alpha=alpha[k],
+            rho=rho[k],
+            tol=spec.tol,
+            max_iter=spec.max_iter,
+            err_norm=lambda t: t.abs().amax(dim=-1),
+            stop=spec.stop,
+        )
+        out[k] = xk
+        # the averaged step at the returned point: its size enters the error bound
+        last[k] = alpha[k] * (F(xk[None])[0] - xk)
+        recs.append(MemberSolve(st.iterations, st.residual, st.converged))
+    return out, SolveRecord("anderson", recs, alpha, rho, last if spec.keep_last_update else None)
+
+
+def _forward_factory(Amat: Tensor, inj: Tensor):
+    At = Amat.transpose(1, 2).contiguous()
+
+    def make_F(members: Tensor | None):
+        if members is None:
+            a, z = At, inj
+        else:
+            a, z = At[members], inj[members]
+        return lambda x: torch.baddbmm(z, x, a).clamp_(min=0)
+
+    return make_F
+
+
+def _adjoint_factory(Amat: Tensor, g: Tensor, J: Tensor):
+    # w = g + A^T J w in row form: w_row = g_row + (J w)_row A
+    def make_F(members: Tensor | None):
+        if members is None:
+            a, gg, jj = Amat, g, J
+        else:
+            a, gg, jj = Amat[members], g[members], J[members]
+        return lambda w: torch.baddbmm(gg, w * jj, a)
+
+    return make_F
+
+
+class ImplicitLayer(torch.autograd.Function):
+    """``x* = relu(A x* + inj)`` per member, with the implicit backward of MATH 4.
+
+    ``A`` is built from ``(T, d)`` inside (MATH 2), so the backward returns
+    ``dL/dT``, ``dL/dd`` and ``dL/dinj = J w`` directly. With ``spec.embedded``
+    the matrix is :func:`embed` ``(A)`` and ``inj`` is ``cat(z_lo, z_hi)``: the
+    fixed point is the pair ``(x_lo*, x_hi*)`` of MATH 9 and the backward is the
+    adjoint of the 2n-dimensional embedded map (MATH 10). The graph holds ``T``,
+    ``d``, ``x*`` and the activation pattern only, whatever the iteration count.
+    """
+
+    @staticmethod
+    def forward(ctx, T: Tensor, d: Tensor | None, inj: Tensor, spec: LayerSpec) -> Tensor:  # type: ignore[override]
+        with torch.no_grad():
+            A, M, R = build_A(T, d if spec.weighted else None, spec.gamma)
+            alpha, rho = step_constants(M, T, spec.gamma)
+            Amat = embed(A) if spec.embedded else A
+            make_F = _forward_factory(Amat, inj)
+            x, rec = _solve(spec, make_F, torch.zeros_like(inj), alpha, rho)
+            rec.x = x
+            mask = torch.baddbmm(inj, x, Amat.transpose(1, 2)) > 0  # J = diag(Phi'(z*))
+        spec.forward = rec
+        ctx.spec = spec
+        ctx.constants = (alpha, rho)
+        ctx.save_for_backward(T, A, x, mask, R if R is not None else torch.empty(0))
+        return x
+
+    @staticmethod
+    def backward(ctx, gx: Tensor):  # type: ignore[override]
+        T, A, x, mask, R = ctx.saved_tensors
+        spec: LayerSpec = ctx.spec
+        R = R if R.numel() else None
+        Amat = embed(A) if spec.embedded else A
+        J = mask.to(gx.dtype)
+        g = gx.contiguous()
+        alpha, rho = ctx.constants
+        w, rec = _solve(spec, _adjoint_factory(Amat, g, J), g.clone(), alpha, rho)
+        spec.backward = rec
+        if callable(spec.on_backward):
+            spec.on_backward(rec)
+        v = w.mul_(J)
+        dT = dd = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            dAmat = torch.bmm(v.transpose(1, 2), x)
+            dA = unembed_grad(dAmat, A) if spec.embedded else dAmat
+            dT, dd = param_grads(dA, T, A, R, ctx.needs_input_grad[1])
+        dinj = v if ctx.needs_input_grad[2] else None
+        return dT, dd, dinj, None
+
+
+# --- MATH 5: the Lipschitz bound --------------------------------------------------------------
+def lipschitz_forward(T, d, B, C, gamma, inv_std) -> tuple[Tensor, tuple]:
+    """The bound of MATH 5 per member and what its (sub)gradient needs.
+
+    ``||C diag(eta)^-1||_inf ||diag(eta) B_pix||_inf / (1 - mu_+)`` with
+    ``B_pix = B / std`` (pixel units, ``std`` of shape ``()`` or ``(m,)``); ``d = None``
+    is the unweighted case, ``T = None`` means ``A = 0`` (an MLP, ``mu = 0``).
+    """
+    K = B.shape[0]
+    eta = d.exp() if d is not None else None
+    crow = C.abs().sum(dim=-1) if eta is None else (C.abs() / eta[:, None, :]).sum(dim=-1)
+    if inv_std.dim() == 0:
+        brow = B.abs().sum(dim=-1) * inv_std
+    else:
+        brow = (B.abs() * inv_std).sum(dim=-1)
+    bw = brow if eta is None else brow * eta
+    c_norm, r_star = crow.max(dim=-1)
+    b_norm, i_star = bw.max(dim=-1)
+    if T is not None:
+        t = T.diagonal(dim1=-2, dim2=-1)
+        mu_raw, j_star = (t - t.abs()).max(dim=-1)
+        mu = mu_raw + gamma
+    else:
+        mu = torch.zeros(K, dtype=B.dtype, device=B.device)
+        j_star = torch.zeros(K, dtype=torch.long, device=B.device)
+    denom = 1.0 - mu.clamp(min=0)
+    L = c_norm * b_norm / denom
+    return L, (eta, c_norm, b_norm, denom, mu, r_star, i_star, j_star)
+
+
+def lipschitz_backward(gL, saved, T, B, C, inv_std, dT, dd, dB, dC) -> None:
+    """Add the (sub)gradient of :func:`lipschitz_forward` to ``dT, dd, dB, dC`` (None: skip).
+
+    Each maximum is attained at one row, so the gradient touches one row of ``C``,
+    one row of ``B`` and one diagonal entry of ``T``: written by hand it costs a
+    fraction of what autograd spends on the same expression.
+    """
+    eta, c_norm, b_norm, denom, mu, r_star, i_star, j_star = saved
+    ar = torch.arange(B.shape[0], device=B.device)
+    gc = gL * b_norm / denom  # dL/dc_norm
+    gb = gL * c_norm / denom  # dL/db_norm
+    if dC is not None:
+        row = C[ar, r_star].sign()
+        dC[ar, r_star] += (row if eta is None else row / eta) * gc[:, None]
+    if dB is not None:
+        row = B[ar, i_star].sign() * inv_std
+        if eta is not None:
+            row = row * eta[ar, i_star][:, None]
+        dB[ar, i_star] += row * gb[:, None]
+    if eta is not None and dd is not None:
+        # c_norm = sum_i |C_r*i| / eta_i and b_norm = eta_i* sum_j |B_i*j| / std_j
+        dd -= (C[ar, r_star].abs() / eta) * gc[:, None]
+        dd[ar, i_star] += b_norm * gb
+    if T is not None and dT is not None:
+        t = T[ar, j_star, j_star]
+        active = (mu > 0).to(T.dtype)  # mu_+ = max(mu, 0): no gradient below 0
+        dT[ar, j_star, j_star] += gL * c_norm * b_norm / denom**2 * active * (1.0 - t.sign())
+
+
+class LipschitzBound(torch.autograd.Function):
+    """The bound of MATH 5 per member; its gradient is :func:`lipschitz_backward`."""
+
+    @staticmethod
+    def forward(ctx, T, d, B, C, gamma, inv_std):  # type: ignore[override]
+        with torch.no_grad():
+            L, saved = lipschitz_forward(T, d, B, C, gamma, inv_std)
+        ctx.saved = saved
+        ctx.save_for_backward(T, B, C, inv_std)
+        ctx.has_T = T is not None
+        return L
+
+    @staticmethod
+    def backward(ctx, gL):  # type: ignore[override]
+        T, B, C, inv_std = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dT = torch.zeros_like(T) if ctx.has_T and need[0] else None
+        dd = torch.zeros_like(B[:, :, 0]) if need[1] else None
+        dB = torch.zeros_like(B) if need[2] else None
+        dC = torch.zeros_like(C) if need[3] else None
+        lipschitz_backward(gL, ctx.saved, T, B, C, inv_std, dT, dd, dB, dC)
+        return dT, dd, dB, dC, None, None
+
+
+# --- MATH 12: rounding ---------------------------------------------------------------------
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """``u = eps / 2`` of a floating-point dtype (2^-24 for float32, 2^-53 for float64)."""
+    return torch.finfo(dtype).eps / 2.0
+
+
+def gamma_k(k: int, dtype: torch.dtype) -> float:
+    """``gamma_k = k u / (1 - k u)``, the classical bound on a length-k dot product's error."""
+    ku = k * unit_roundoff(dtype)
+    return ku / (1.0 - ku) if ku < 1 else math.inf
+
+
+def per_sample_bound(rho: float, last: Tensor, eta: Tensor, rounding: Tensor) -> Tensor:
+    """Per-sample ``(rho ||last||_eta + rounding) / (1 - rho)`` (MATH 3, 12).
+
+    ``last`` is the last averaged update ``(N, n)``; ``rounding`` bounds one
+    step's floating-point error in ``||.||_eta`` (per sample).
+    """
+    b = (rho * (last.abs() * eta).amax(dim=-1) + rounding) / (1.0 - rho)
+    return torch.where(torch.isfinite(b), b, torch.full_like(b, math.inf))
+
+
+def box_injection(B: Tensor, b: Tensor, lo_n: Tensor, hi_n: Tensor) -> tuple[Tensor, Tensor]:
+    """``z_lo = B+ lo + B- hi + b``, ``z_hi = B+ hi + B- lo + b`` per member (MATH 9).
+
+    ``B (K, n, m)``, ``b (K, n)``, boxes ``(N, m)`` (shared) or ``(K, N, m)`` (one per
+    member) in normalised units. Computed from centre and radius,
+    ``B c + b -/+ |B| r``: two products instead of four.
+    """
+    c = (hi_n + lo_n) / 2
+    r = (hi_n - lo_n) / 2
+    K = B.shape[0]
+    if c.dim() == 2:
+        c, r = c.expand(K, *c.shape), r.expand(K, *r.shape)
+    zc = torch.baddbmm(b[:, None, :], c, B.transpose(1, 2))
+    zr = torch.bmm(r, B.abs().transpose(1, 2))
+    return zc - zr, zc + zr
+
+
+def worst_case_logits(C: Tensor, c: Tensor, x_lo: Tensor, x_hi: Tensor, labels: Tensor) -> Tensor:
+    """``z_j = -m_kj`` per member, with ``m_kj`` the lower bound of ``y_k - y_j`` (MATH 9, 10).
+
+    ``m_kj = sum_i (w_i+ x_lo_i + w_i- x_hi_i) + c_k - c_j`` with ``w = c_k - c_j``
+    (rows of ``C``), computed as ``w . x_c - |w| . x_r`` from the box's centre and
+    radius; ``z_k = 0`` since ``w = 0`` there. ``C (K, classes, n)``, ``c (K,
+    classes)``, boxes ``(K, N, n)``, ``labels (N,)``. Returns ``(K, N, classes)``.
+    """
+    xc = (x_hi + x_lo) / 2
+    xr = (x_hi - x_lo) / 2
+    yc = torch.baddbmm(c[:, None, :], xc, C.transpose(1, 2))  # (K, N, classes)
+    W = C[:, labels, None, :] - C[:, None, :, :]  # (K, N, classes, n): c_k - c_j
+    spread = torch.einsum("knjh,knh->knj", W.abs(), xr)
+    margin = yc.gather(2, labels.expand(C.shape[0], -1)[..., None]) - yc - spread
+    return -margin
