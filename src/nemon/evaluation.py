@@ -1,0 +1,412 @@
+"""The evaluation stage: every robustness instrument on one trained model (MATH 6, 7, 9, 11).
+
+Instruments, each a row per ``eps`` of ``robustness.csv``
+(:data:`nemon.contracts.ROBUSTNESS_COLUMNS`):
+
+* ``clean`` — accuracy at the evaluation tolerance;
+* ``inversion`` — the paper's attack (MATH 7), full test set;
+* ``certified_lipschitz`` — the certificate of MATH 6, full test set;
+* ``certified_interval`` — interval bounds through the equilibrium (MATH 9), full test set;
+* ``pgd`` — l_inf PGD with restarts (MATH 11), on a seeded class-stratified subset;
+* ``autoattack`` — AutoAttack, standard version, on a smaller subset nested in PGD's.
+
+For every subset a costly attack uses, the cheap instruments are reported on
+that subset too, so every ordering of MATH 11 can be checked on the same
+inputs. Per image, an input certified at ``eps`` (by either certificate) must
+survive every attack at ``eps``: the ``violations`` column counts the inputs
+where it did not (a bug, never a result). Every row records how concentrated
+the predictions are (``top_class_fraction``; ``degenerate`` from 0.9 on) and
+how many solves behind it stopped at ``max_iter`` (``not_converged``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from . import attacks
+from .contracts import DEGENERATE_SHARE
+from .data import stratified_subset
+from .errors import ConfigurationError, NonConvergenceWarning, PrecisionWarning
+from .robustness import certified_mask, check_eps, inversion_attack, lipschitz_radius
+from .training import to_pixels
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """One costly attack: its radii, how many test images, and its iteration budget."""
+
+    eps: tuple[float, ...] = ()
+    images: int = 1000
+    steps: int = 50
+    restarts: int = 1
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Everything the evaluation stage needs (the ``evaluation:`` block of the config)."""
+
+    tol: float = 1e-6
+    max_iter: int = 3000
+    attack_tol: float = 1e-5
+    batch_size: int = 1000
+    subset_seed: int = 0
+    inversion_eps: tuple[float, ...] = (0.0, 0.1)
+    lipschitz_eps: tuple[float, ...] = (0.0, 0.1)
+    interval_eps: tuple[float, ...] = (0.0, 0.1)
+    pgd: AttackSettings = field(default_factory=AttackSettings)
+    autoattack: AttackSettings = field(default_factory=lambda: AttackSettings(images=200))
+    lower_bound_images: int = 8
+    lower_bound_steps: int = 30
+    lower_bound_step_size: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("inversion_eps", "lipschitz_eps", "interval_eps"):
+            for e in getattr(self, name):
+                check_eps(e)
+        for atk in (self.pgd, self.autoattack):
+            for e in atk.eps:
+                check_eps(e)
+            if atk.images < 1 or atk.steps < 1 or atk.restarts < 1:
+                raise ConfigurationError(f"attack settings must be >= 1, got {atk}")
+        if self.autoattack.eps and self.pgd.eps and self.autoattack.images > self.pgd.images:
+            raise ConfigurationError(
+                f"autoattack.images={self.autoattack.images} must not exceed pgd.images="
+                f"{self.pgd.images}: AutoAttack's subset is nested in PGD's"
+            )
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> EvalSettings:
+        """From the validated ``evaluation`` block of the workflow config."""
+        return cls(
+            tol=cfg["tol"],
+            max_iter=cfg["max_iter"],
+            attack_tol=cfg["attack_tol"],
+            batch_size=cfg["batch_size"],
+            subset_seed=cfg["subset_seed"],
+            inversion_eps=tuple(cfg["inversion"]["eps"]),
+            lipschitz_eps=tuple(cfg["certified_lipschitz"]["eps"]),
+            interval_eps=tuple(cfg["certified_interval"]["eps"]),
+            pgd=AttackSettings(
+                **{k: cfg["pgd"][k] for k in ("eps", "images", "steps", "restarts")}
+            ),
+            autoattack=AttackSettings(
+                eps=tuple(cfg["autoattack"]["eps"]), images=cfg["autoattack"]["images"]
+            ),
+            lower_bound_images=cfg["lipschitz_lower"]["images"],
+            lower_bound_steps=cfg["lipschitz_lower"]["steps"],
+            lower_bound_step_size=cfg["lipschitz_lower"]["step_size"],
+        )
+
+
+class _Counter:
+    """Counts the model's non-converged solves by catching its warnings (one per call)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, fn: Callable, *args, **kw):
+        """Run ``fn``; return its result and how many forward solves did not converge."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NonConvergenceWarning)
+            warnings.simplefilter("ignore", PrecisionWarning)
+            out = fn(*args, **kw)
+        st = self.model.last_forward_stats
+        return out, int(st is not None and not st.converged)
+
+
+def _batched(model, X, batch_size, fn) -> tuple[list, int]:
+    outs, bad = [], 0
+    counter = _Counter(model)
+    for i in range(0, len(X), batch_size):
+        out, nc = counter(fn, i, min(i + batch_size, len(X)))
+        outs.append(out)
+        bad += nc
+    return outs, bad
+
+
+def _share(pred: Tensor) -> float:
+    if pred.numel() == 0:
+        return 0.0
+    return float(torch.bincount(pred).max()) / pred.numel()
+
+
+def evaluate_model(
+    model: nn.Module,
+    test_x: Tensor,
+    test_y: Tensor,
+    settings: EvalSettings,
+    *,
+    progress: Callable[[str], None] = lambda s: None,
+) -> tuple[list[dict], dict]:
+    """All instruments on one model; returns ``(rows, record)``.
+
+    ``rows`` hold the instrument columns of ``robustness.csv`` (without the
+    model's keys); ``record`` the scalars of ``evaluation.json`` (clean accuracy,
+    the Lipschitz lower bound, timings, settings).
+    """
+    t_start = time.perf_counter()
+    model.eval()
+    p0 = next(model.parameters())
+    dev, dt = p0.device, p0.dtype
+    X = to_pixels(test_x)
+    Y = test_y.to(torch.long).cpu()
+    N = len(X)
+    bs = settings.batch_size
+    s = settings
+    timings: dict[str, float] = {}
+
+    def on(i, j):
+        return X[i:j].to(dev, dt), Y[i:j].to(dev)
+
+    with model.solver_settings(tol=s.tol, max_iter=s.max_iter, stop="step"), torch.no_grad():
+        # one clean solve per batch: predictions and the Lipschitz certificate's radii
+        t0 = time.perf_counter()
+
+        def clean(i, j):
+            u, y = on(i, j)
+            radius, pred = lipschitz_radius(model, u, y)
+            return radius.cpu(), pred.cpu()
+
+        outs, clean_bad = _batched(model, X, bs, clean)
+        radius = torch.cat([o[0] for o in outs])
+        pred = torch.cat([o[1] for o in outs])
+        correct = pred == Y
+        timings["clean+certified_lipschitz"] = time.perf_counter() - t0
+        progress(f"clean accuracy {float(correct.double().mean()):.4f}")
+
+        flags: dict[tuple[str, float], dict] = {}
+        flags["clean", 0.0] = {"ok": correct, "pred": pred, "bad": clean_bad, "idx": None}
+        for eps in s.lipschitz_eps:
+            ok = radius > eps
+            flags["certified_lipschitz", eps] = {
+                "ok": ok,
+                "pred": pred,
+                "bad": clean_bad,
+                "idx": None,
+            }
+        t0 = time.perf_counter()
+        for eps in s.inversion_eps:
+
+            def inv(i, j, eps=eps):
+                u, _ = on(i, j)
+                return model(inversion_attack(u, eps)).argmax(dim=1).cpu()
+
+            outs, bad = _batched(model, X, bs, inv)
+            p = torch.cat(outs)
+            flags["inversion", eps] = {"ok": p == Y, "pred": p, "bad": bad, "idx": None}
+        timings["inversion"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        # the embedded iteration contracts only where the averaged one does (MATH 9, 15)
+        interval_available = model._step_constants()[1] < 1.0
+        for eps in s.interval_eps if interval_available else ():
+
+            def cert(i, j, eps=eps):
+                u, y = on(i, j)
+                return certified_mask(model, u, y, eps, method="interval").cpu()
+
+            outs, bad = _batched(model, X, bs, cert)
+            flags["certified_interval", eps] = {
+                "ok": torch.cat(outs),
+                "pred": pred,
+                "bad": bad,
+                "idx": None,
+            }
+            share = float(flags["certified_interval", eps]["ok"].double().mean())
+            progress(f"interval certificate at eps {eps}: {share:.4f}")
+        timings["certified_interval"] = time.perf_counter() - t0
+
+    # the costly attacks, on nested seeded class-stratified subsets
+    subsets: dict[str, Tensor] = {}
+    for name, atk in (("pgd", s.pgd), ("autoattack", s.autoattack)):
+        if not atk.eps:
+            continue
+        n = min(atk.images, N)
+        idx = stratified_subset(Y, n, seed=s.subset_seed)
+        subsets[name] = idx
+        t0 = time.perf_counter()
+        for eps in atk.eps:
+            u, y = X[idx].to(dev, dt), Y[idx].to(dev)
+            common = dict(
+                seed=s.subset_seed,
+                tol=s.attack_tol,
+                max_iter=s.max_iter,
+                eval_tol=s.tol,
+                eval_max_iter=s.max_iter,
+                batch_size=bs,
+            )
+            if name == "pgd":
+                res = attacks.pgd(
+                    model, u, y, eps, steps=atk.steps, restarts=atk.restarts, **common
+                )
+            else:
+                res = attacks.autoattack(model, u, y, eps, **common)
+            ok = torch.zeros(N, dtype=torch.bool)
+            ok[idx] = res.robust.cpu()
+            with (
+                torch.no_grad(),
+                model.solver_settings(tol=s.tol, max_iter=s.max_iter, stop="step"),
+            ):
+                adv_pred = torch.cat(
+                    [
+                        model(res.adversarial[i : i + bs]).argmax(dim=1).cpu()
+                        for i in range(0, n, bs)
+                    ]
+                )
+            bad = res.attack_solves.unconverged + res.eval_solves.unconverged
+            flags[name, eps] = {"ok": ok, "pred": adv_pred, "bad": bad, "idx": idx}
+            progress(
+                f"{name} at eps {eps}: {res.accuracy:.4f} on {n} images ({res.wall_time_s:.1f} s)"
+            )
+        timings[name] = time.perf_counter() - t0
+
+    rows = _rows(flags, subsets, Y)
+    t0 = time.perf_counter()
+    lower = _lower_bound(model, X, Y, s)
+    timings["lipschitz_lower"] = time.perf_counter() - t0
+    with torch.no_grad():
+        bound = float(model.lipschitz_bound())
+    record = {
+        "clean_acc": float(correct.double().mean()),
+        "clean_not_converged": clean_bad,
+        "lipschitz_lower": lower["value"],
+        "lipschitz_lower_detail": lower,
+        "lipschitz_bound": bound,
+        "lipschitz_tightness": bound / lower["value"] if lower["value"] > 0 else math.inf,
+        "interval_available": interval_available,
+        "evaluation_seconds": time.perf_counter() - t_start,
+        "timings": timings,
+        "settings": _settings_dict(s),
+    }
+    return rows, record
+
+
+def _settings_dict(s: EvalSettings) -> dict:
+    d = asdict(s)
+    return d
+
+
+def _rows(flags: dict, subsets: dict[str, Tensor], Y: Tensor) -> list[dict]:
+    """Tidy rows, on the full test set and on every attack subset; with violations counted."""
+    N = len(Y)
+    input_sets: list[tuple[str, Tensor | None]] = [("test", None)]
+    for name in ("pgd", "autoattack"):
+        if name in subsets:
+            input_sets.append((f"subset-{len(subsets[name])}", subsets[name]))
+    seen = set()
+    rows = []
+    for label, idx in input_sets:
+        if label in seen:
+            continue
+        seen.add(label)
+        sel = torch.ones(N, dtype=torch.bool) if idx is None else torch.zeros(N, dtype=torch.bool)
+        if idx is not None:
+            sel[idx] = True
+        for (attack, eps), f in flags.items():
+            if f["idx"] is not None and (idx is None or not torch.equal(f["idx"], idx)):
+                continue  # a costly attack is reported on its own subset only
+            ok = f["ok"][sel]
+            pred = f["pred"] if f["idx"] is not None else f["pred"][sel]
+            violations = 0
+            if attack in ("inversion", "pgd", "autoattack"):
+                for cert in ("certified_lipschitz", "certified_interval"):
+                    if (cert, eps) in flags:
+                        violations = max(violations, int((flags[cert, eps]["ok"][sel] & ~ok).sum()))
+            share = _share(pred)
+            rows.append(
+                {
+                    "attack": attack,
+                    "eps": float(eps),
+                    "inputs": label,
+                    "images": int(sel.sum()),
+                    "accuracy": float(ok.double().mean()),
+                    "top_class_fraction": share,
+                    "degenerate": bool(share >= DEGENERATE_SHARE),
+                    "not_converged": int(f["bad"]),
+                    "violations": violations,
+                }
+            )
+    return rows
+
+
+def _lower_bound(model: nn.Module, X: Tensor, Y: Tensor, s: EvalSettings) -> dict:
+    n = min(s.lower_bound_images, len(X))
+    if n == 0:
+        return {"value": 0.0}
+    idx = stratified_subset(Y, n, seed=s.subset_seed)
+    p0 = next(model.parameters())
+    dev, dt = p0.device, p0.dtype
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonConvergenceWarning)
+        warnings.simplefilter("ignore", PrecisionWarning)
+        lb = attacks.lipschitz_lower_bound(
+            model,
+            X[idx].to(dev, dt),
+            steps=s.lower_bound_steps,
+            step_size=s.lower_bound_step_size,
+            n_random=2,
+            seed=s.subset_seed,
+            tol=s.tol,
+            max_iter=s.max_iter,
+        )
+    # the finite-difference ratio is achieved by a pair of inputs: that is the lower bound
+    value = lb.fd_ratio if lb.agree and math.isfinite(lb.fd_ratio) else lb.value
+    return {
+        "value": float(value),
+        "gradient_value": float(lb.value),
+        "fd_ratio": float(lb.fd_ratio),
+        "agree": bool(lb.agree),
+        "class": int(lb.k),
+        "note": lb.note,
+    }
+
+
+def check_orderings(df, *, pgd_slack: float = 0.02) -> list[str]:
+    """The orderings of MATH 11 in one robustness table; returns the violations found.
+
+    On the same inputs and ``eps``: certified (either) <= every attack; and
+    AutoAttack <= PGD + ``pgd_slack`` (PGD is random; AutoAttack is expected,
+    not proven, to be at least as strong). Per image: ``violations == 0``.
+    """
+    problems = []
+    keys = ["dataset", "model", "objective", "gamma", "lam", "eps_t", "seed", "inputs", "eps"]
+    for row in df[df["violations"] > 0].itertuples():
+        problems.append(
+            f"{_name(row)}: {row.violations} image(s) certified at eps {row.eps} yet broken by "
+            f"{row.attack} ({row.inputs})"
+        )
+    acc = df.pivot_table(index=keys, columns="attack", values="accuracy", aggfunc="first")
+    for cert in ("certified_lipschitz", "certified_interval"):
+        if cert not in acc:
+            continue
+        for atk in ("inversion", "pgd", "autoattack"):
+            if atk not in acc:
+                continue
+            both = acc[[cert, atk]].dropna()
+            for key, r in both[both[cert] > both[atk] + 1e-12].iterrows():
+                where = dict(zip(keys, key, strict=True))
+                problems.append(f"{where}: {cert} {r[cert]:.4f} > {atk} {r[atk]:.4f}")
+    if "pgd" in acc and "autoattack" in acc:
+        both = acc[["pgd", "autoattack"]].dropna()
+        for key, r in both[both["autoattack"] > both["pgd"] + pgd_slack].iterrows():
+            where = dict(zip(keys, key, strict=True))
+            problems.append(
+                f"{where}: autoattack {r['autoattack']:.4f} > pgd {r['pgd']:.4f} + {pgd_slack}"
+            )
+    return problems
+
+
+def _name(row) -> str:
+    return (
+        f"{row.model}/{row.objective} gamma={row.gamma} lam={row.lam} eps_t={row.eps_t} "
+        f"seed={row.seed}"
+    )
+
+
+__all__: Sequence[str] = ["AttackSettings", "EvalSettings", "check_orderings", "evaluate_model"]
