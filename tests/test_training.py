@@ -1,25 +1,46 @@
-"""Training: CPU determinism, and that the loop learns and reports honest statistics."""
+"""Training: objectives (MATH 5, 10), schedule, stacks, determinism, checkpoints, records."""
+
+import math
+import subprocess
 
 import pytest
 import torch
 
 import nemon
-from nemon.training import evaluate_robustness, seed_everything, train
+from nemon.stack import ModelStack
+from nemon.training import (
+    Objective,
+    Schedule,
+    provenance,
+    seed_everything,
+    summarise_history,
+    train,
+    train_stack,
+)
 
 
-def toy_data(n=400, seed=0):
+def toy_data(n=400, seed=0, m=20):
+    """Three Gaussian clusters (fixed centres) in [0, 1]^m as uint8 images; ``seed``: the noise."""
+    centers = torch.rand(3, m, generator=torch.Generator().manual_seed(12345))
     g = torch.Generator().manual_seed(seed)
-    centers = torch.rand(3, 20, generator=g)
     labels = torch.arange(3).repeat(n // 3 + 1)[:n]
-    x = (centers[labels] + 0.1 * torch.randn(n, 20, generator=g)).clamp(0, 1)
+    x = (centers[labels] + 0.1 * torch.randn(n, m, generator=g)).clamp(0, 1)
     return (x * 255).round().to(torch.uint8), labels
 
 
-def run(seed, lam=1e-3):
+def new_model(seed, gamma=0.5, kind="nemon", **kw):
     seed_everything(seed)
-    model = nemon.NEMON(20, 10, 3, gamma=0.5)
+    if kind == "mlp":
+        return nemon.MLP(20, 10, 3)
+    return nemon.NEMON(20, 10, 3, gamma=gamma, weighted=kind == "nemon", **kw)
+
+
+def run(seed, lam=1e-3, epochs=2, **kw):
+    model = new_model(seed)
     x, y = toy_data()
-    hist = train(model, x, y, epochs=2, batch_size=50, lr=3e-2, lam=lam, seed=seed, progress=False)
+    hist = train(
+        model, x, y, epochs=epochs, batch_size=50, lr=3e-2, lam=lam, seed=seed, progress=False, **kw
+    )
     return model, hist
 
 
@@ -41,6 +62,7 @@ def test_training_learns_and_reports_statistics():
     assert last["mu"] <= 0.5 and last["lipschitz_bound"] > 0
     assert last["fwd_iters_mean"] >= 1 and last["bwd_iters_max"] >= last["bwd_iters_mean"]
     assert last["not_converged"] == 0
+    assert last["lr"] == 3e-2 and last["eps_t"] == 0.0
 
 
 def test_lipschitz_regulariser_lowers_the_bound():
@@ -49,40 +71,313 @@ def test_lipschitz_regulariser_lowers_the_bound():
     assert reg[-1]["lipschitz_bound"] < free[-1]["lipschitz_bound"]
 
 
-def test_evaluate_robustness_rows_are_tidy_and_consistent():
-    model, _ = run(0)
-    x, y = toy_data(90, seed=1)
-    rows = evaluate_robustness(model, x, y, [0.0, 0.1, 0.5])
-    assert [(r["attack"], r["eps"]) for r in rows] == [
-        (a, e) for e in (0.0, 0.1, 0.5) for a in ("inversion", "certified")
-    ]
-    by = {(r["attack"], r["eps"]): r["accuracy"] for r in rows}
-    for eps in (0.0, 0.1, 0.5):
-        assert 0 <= by["certified", eps] <= by["inversion", eps] <= 1
+def test_a_stack_member_trains_as_it_would_alone_up_to_rounding():
+    # Members never interact; they differ from a lone run only where a vectorised kernel
+    # (Adam, elementwise maps) treats an element in its tail loop instead of its SIMD body.
+    x, y = toy_data()
+    sched = Schedule(epochs=2, batch_size=50, lr=3e-2)
+    lams = (0.0, 1e-2, 1e-1)
+    members = [new_model(5, gamma=g) for g in (0.0, 0.5, 0.9)]
+    stack = ModelStack(members)
+    train_stack(
+        stack, x, y, objective=Objective("lipschitz", lams), schedule=sched, seed=5, progress=False
+    )
+    for k, (g, lam) in enumerate(zip((0.0, 0.5, 0.9), lams, strict=True)):
+        alone = ModelStack([new_model(5, gamma=g)])
+        train_stack(
+            alone,
+            x,
+            y,
+            objective=Objective("lipschitz", (lam,)),
+            schedule=sched,
+            seed=5,
+            progress=False,
+        )
+        together = dict(stack.member(k).named_parameters())
+        for name, p in alone.member(0).named_parameters():
+            torch.testing.assert_close(together[name], p, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_summarise_history_aggregates_epochs():
-    _, hist = run(0)
-    s = nemon.training.summarise_history(hist)
-    assert s["epochs"] == 2
+def test_mlp_stack_trains_and_its_bound_is_the_a_zero_case():
+    x, y = toy_data()
+    model = new_model(0, kind="mlp")
+    hist = train(model, x, y, epochs=2, batch_size=50, lr=3e-2, lam=1e-3, seed=0, progress=False)
+    assert hist[-1]["train_acc"] > 0.9 and hist[-1]["fwd_iters_mean"] == 0
+    B = model.B.detach()
+    expected = model.C.detach().abs().sum(1).max() * B.abs().sum(1).max()
+    assert float(model.lipschitz_bound().detach()) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_lr_schedule_and_ramp():
+    s = Schedule(epochs=40, batch_size=100, lr=1e-3, lr_milestones=(0.75,), lr_factor=0.2)
+    assert s.lr_at(30) == 1e-3 and s.lr_at(31) == pytest.approx(2e-4)
+    o = Objective("interval", (0.1,), kappa=0.75, warmup=0.25, ramp=0.25)
+    assert o.progress(0.0) == 0 and o.progress(0.2499) == 0
+    assert o.progress(0.375) == pytest.approx(0.5) and o.progress(0.5) == 1 and o.progress(1) == 1
+    assert Objective("lipschitz", (0.1,)).progress(0.9) == 0
+
+
+@pytest.mark.parametrize(
+    "kw, key",
+    [
+        (dict(name="interval", weights=(1.5,)), "eps_t"),
+        (dict(name="interval", weights=(0.1,), kappa=1.5), "kappa"),
+        (dict(name="interval", weights=(0.1,), warmup=0.8, ramp=0.3), "ramp"),
+        (dict(name="lipschitz", weights=(-1.0,)), "lam"),
+        (dict(name="ibp", weights=(0.1,)), "objective"),
+    ],
+)
+def test_bad_objectives_are_refused_naming_the_key(kw, key):
+    with pytest.raises(nemon.ConfigurationError, match=key):
+        Objective(**kw)
+
+
+def interval_loss_parts(model, u, y, eps, kappa):
+    stack = ModelStack([model])
+    u_n = stack.normalise(u)
+    ce = torch.nn.functional.cross_entropy(stack.logits(u_n)[0], y)
+    lo = stack.normalise((u - eps).clamp(0, 1))
+    hi = stack.normalise((u + eps).clamp(0, 1))
+    z = stack.worst_case_logits(lo, hi, y)[0]
+    return ce, z, stack
+
+
+def test_kappa_zero_is_exactly_the_clean_loss():
+    x, y = toy_data(100)
+    base = new_model(1, tol=1e-10)
+    h_clean = train(base, x, y, epochs=2, batch_size=50, lr=1e-2, seed=1, progress=False)
+    other = new_model(1, tol=1e-10)
+    h_int = train(
+        other,
+        x,
+        y,
+        epochs=2,
+        batch_size=50,
+        lr=1e-2,
+        seed=1,
+        progress=False,
+        objective="interval",
+        eps_t=0.1,
+        kappa=0.0,
+        warmup=0.0,
+        ramp=0.5,
+    )
+    assert [h["train_loss"] for h in h_clean] == [h["train_loss"] for h in h_int]
+    assert torch.equal(base.T, other.T) and torch.equal(base.B, other.B)
+
+
+def test_worst_case_logits_at_eps_zero_are_the_clean_margins():
+    model = new_model(2, gamma=0.9, tol=1e-12, max_iter=5000).double()
+    x, y = toy_data(30)
+    u = x.double() / 255
+    _, z, stack = interval_loss_parts(model, u, y, 0.0, 0.75)
+    logits = model(u)
+    margins = logits.gather(1, y[:, None]) - logits
+    torch.testing.assert_close(z, -margins, atol=1e-9, rtol=0)
+
+
+def test_worst_case_logits_bound_the_logits_inside_the_box():
+    model = new_model(3, gamma=0.5, tol=1e-12, max_iter=5000).double()
+    x, y = toy_data(20)
+    u = x.double() / 255
+    _, z, _ = interval_loss_parts(model, u, y, 0.05, 0.75)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        v = (u + 0.05 * (2 * torch.rand(u.shape, generator=g, dtype=u.dtype) - 1)).clamp(0, 1)
+        yv = model(v)
+        diff = yv.gather(1, y[:, None]) - yv  # y_k - y_j >= m_kj = -z_j
+        assert bool((diff >= -z - 1e-9).all())
+
+
+def test_interval_training_raises_the_interval_certificate():
+    x, y = toy_data(300)
+    xt, yt = toy_data(150, seed=1)
+    ut = xt.float() / 255
+    common = dict(epochs=6, batch_size=50, lr=1e-2, seed=0, progress=False)
+    plain = new_model(0, gamma=0.0)
+    train(plain, x, y, **common)
+    cert = new_model(0, gamma=0.0)
+    train(cert, x, y, objective="interval", eps_t=0.2, kappa=0.75, warmup=0.0, ramp=0.5, **common)
+    a = nemon.certified_accuracy(plain, ut, yt, 0.2, method="interval")
+    b = nemon.certified_accuracy(cert, ut, yt, 0.2, method="interval")
+    assert b > a + 0.3, (a, b)  # measured: 0.0 -> 0.51
+
+
+def test_nan_loss_stops_naming_member_epoch_and_step(tmp_path):
+    model = new_model(0)
+    x, y = toy_data(40)
+    with pytest.raises(nemon.NonFiniteError, match=r"epoch 1, step 1.*lower the learning rate"):
+        train(model, x, y, epochs=1, batch_size=10, lr=1e-3, lam=1e308, seed=0, progress=False)
+
+
+def test_summarise_history_records_convergence():
+    _, hist = run(0, epochs=3)
+    s = summarise_history(hist)
+    assert s["epochs"] == 3
     assert s["fwd_iters_max"] == max(h["fwd_iters_max"] for h in hist)
-    assert s["fwd_iters_mean"] == (hist[0]["fwd_iters_mean"] + hist[1]["fwd_iters_mean"]) / 2
     assert s["final_train_loss"] == hist[-1]["train_loss"]
+    a, b = hist[-2]["train_loss"], hist[-1]["train_loss"]
+    assert s["loss_rel_change"] == pytest.approx(abs(b - a) / a)
+    flat = [dict(h, train_loss=1.0, lipschitz_bound=2.0) for h in hist]
+    assert summarise_history(flat)["training_converged"] is True
+    moving = [dict(h, train_loss=1.0 + 0.1 * i, lipschitz_bound=2.0) for i, h in enumerate(hist)]
+    assert summarise_history(moving)["training_converged"] is False
+    assert summarise_history(hist[:1])["training_converged"] is False
+
+
+def test_resuming_from_a_checkpoint_is_bit_identical(tmp_path):
+    x, y = toy_data()
+    sched = Schedule(epochs=3, batch_size=50, lr=3e-2, lr_milestones=(0.5,))
+    obj = Objective("lipschitz", (1e-3,))
+    straight = ModelStack([new_model(7)])
+    train_stack(straight, x, y, objective=obj, schedule=sched, seed=7, progress=False)
+    ckpt = tmp_path / "group.checkpoint.pt"
+    first = ModelStack([new_model(7)])
+    short = Schedule(epochs=3, batch_size=50, lr=3e-2, lr_milestones=(0.5,))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(msg):
+        if msg.startswith("epoch 2/"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_stack(
+            first,
+            x,
+            y,
+            objective=obj,
+            schedule=short,
+            seed=7,
+            progress=False,
+            checkpoint=ckpt,
+            log=stop_after_two,
+        )
+    logs = []
+    resumed = ModelStack([new_model(7)])  # fresh weights: everything must come from the checkpoint
+    res = train_stack(
+        resumed,
+        x,
+        y,
+        objective=obj,
+        schedule=sched,
+        seed=7,
+        progress=False,
+        checkpoint=ckpt,
+        log=logs.append,
+    )
+    assert res.resumed_from == 1 and any("resuming" in m and "after epoch 1" in m for m in logs)
+    for name, p in straight.named_parameters():
+        assert torch.equal(p, getattr(resumed, name)), name
+    assert [h["epoch"] for h in res.histories[0]] == [1, 2, 3]
+
+
+def test_a_checkpoint_of_another_run_is_not_used(tmp_path):
+    x, y = toy_data()
+    ckpt = tmp_path / "c.pt"
+    sched = Schedule(epochs=1, batch_size=50, lr=3e-2)
+    train_stack(
+        ModelStack([new_model(1)]),
+        x,
+        y,
+        objective=Objective("lipschitz", (0.0,)),
+        schedule=sched,
+        seed=1,
+        progress=False,
+        checkpoint=ckpt,
+    )
+    logs = []
+    res = train_stack(
+        ModelStack([new_model(1)]),
+        x,
+        y,
+        objective=Objective("lipschitz", (0.1,)),
+        schedule=sched,
+        seed=1,
+        progress=False,
+        checkpoint=ckpt,
+        log=logs.append,
+    )
+    assert res.resumed_from == 0 and any("another run" in m for m in logs)
+
+
+def test_a_damaged_checkpoint_is_an_error_naming_it(tmp_path):
+    x, y = toy_data()
+    ckpt = tmp_path / "c.pt"
+    sched = Schedule(epochs=1, batch_size=50, lr=3e-2)
+    obj = Objective("lipschitz", (0.0,))
+    train_stack(
+        ModelStack([new_model(1)]),
+        x,
+        y,
+        objective=obj,
+        schedule=sched,
+        seed=1,
+        progress=False,
+        checkpoint=ckpt,
+    )
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(nemon.CorruptFileError, match=r"c\.pt.*delete it to restart"):
+        train_stack(
+            ModelStack([new_model(1)]),
+            x,
+            y,
+            objective=obj,
+            schedule=sched,
+            seed=1,
+            progress=False,
+            checkpoint=ckpt,
+        )
+
+
+def test_mon_trains_through_the_module_stack():
+    x, y = toy_data()
+    seed_everything(0)
+    model = nemon.MON(20, 10, 3, gamma=0.5, tol=1e-6)
+    hist = train(model, x, y, epochs=2, batch_size=50, lr=1e-2, seed=0, progress=False)
+    assert hist[-1]["train_acc"] > 0.9 and hist[-1]["fwd_iters_mean"] > 1
 
 
 def test_solver_settings_are_temporary_and_validated():
-    model = nemon.NEMON(4, 3, 2, gamma=0.5, tol=1e-2, max_iter=50)
-    with model.solver_settings(tol=1e-8):
-        assert (model.tol, model.max_iter) == (1e-8, 50)
-        model(torch.rand(2, 4))
-        assert model.last_stats.residual <= 1e-8
-    assert (model.tol, model.max_iter) == (1e-2, 50)
+    model = nemon.NEMON(4, 3, 2, gamma=0.5, tol=1e-2, max_iter=50).double()
+    with model.solver_settings(tol=1e-10, stop="bound"):
+        assert (model.tol, model.max_iter, model.stop) == (1e-10, 50, "bound")
+        model(torch.rand(2, 4, dtype=torch.float64))
+        st = model.last_forward_stats
+        assert st.residual * st.rho / (1 - st.rho) <= 1e-10
+    assert (model.tol, model.max_iter, model.stop) == (1e-2, 50, "step")
     with pytest.raises(nemon.ConfigurationError, match="tol"):
         with model.solver_settings(tol=-1.0):
             pass
+    with pytest.raises(nemon.ConfigurationError, match="stop"):
+        with model.solver_settings(stop="never"):
+            pass
 
 
-def test_provenance_records_versions_and_git_state(tmp_path):
-    here = nemon.training.provenance(str(tmp_path), "cpu", 1)
+def test_provenance_outside_and_inside_a_git_checkout(tmp_path):
+    here = provenance(str(tmp_path), "cpu", 1)
     assert here["git_commit"] == "unknown" and here["git_dirty"] is None
     assert here["torch"] == torch.__version__ and here["nemon"] == nemon.__version__
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.invalid")
+    git("config", "user.name", "t")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("x = 1\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "r.csv").write_text("a\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "c")
+    clean = provenance(str(tmp_path), "cpu", 1)
+    assert len(clean["git_commit"]) == 40 and clean["git_dirty"] is False
+    (tmp_path / "results" / "r.csv").write_text("b\n")  # results change while the workflow runs
+    assert provenance(str(tmp_path), "cpu", 1)["git_dirty"] is False
+    (tmp_path / "src" / "a.py").write_text("x = 2\n")  # the code does not
+    assert provenance(str(tmp_path), "cpu", 1)["git_dirty"] is True
+    assert math.isfinite(1.0)

@@ -1,26 +1,550 @@
-"""Training and evaluation loops for the NEMON experiment (MATH 5-7).
+"""Training: the objectives of MATH 5 and 10, their schedule, checkpoints and records.
 
-The loss is ``mean_i CE(y_i, C x_i + c) + lam * lipschitz_bound()`` over a
-mini-batch (MATH 5 with the cross-entropy averaged over the batch, so ``lam``
-does not depend on the batch size).
+One loop trains a *stack* of models in lockstep (:class:`~nemon.stack.ModelStack`
+for NEMON and MLP, :class:`ModuleStack` for any other module such as MON); a
+single model is a stack of one (:func:`train`). Per member ``k`` the loss of a
+mini-batch is
+
+* ``lipschitz``: ``mean_i CE(y_i, k_i) + lam_k * Lip_k`` (MATH 5; ``lam = 0`` is
+  plain training; ``lam`` is *not* the paper's lambda, see MATH 14);
+* ``interval``: ``(1 - kappa) mean_i CE(y_i, k_i) + kappa mean_i CE(z_i, k_i)``
+  with the worst-case logits ``z`` of the interval embedding at radius
+  ``eps_t`` (MATH 10); ``eps_t`` and ``kappa`` are 0 for the first
+  ``warmup`` fraction of the epochs, then grow linearly over ``ramp``, then hold.
+
+The learning rate is multiplied by ``lr_factor`` at each milestone (fractions of
+the epochs). Every epoch ends with a checkpoint (weights, optimiser, data-order
+generator, history); a rerun resumes from it and gives bit-identical weights on
+the CPU. A non-finite loss or weight stops the run with an error naming the
+member, epoch and step, keeping the last good checkpoint for inspection.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import platform
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import __version__
+from .contracts import load_checkpoint, save_checkpoint
 from .errors import ConfigurationError, NonFiniteError
+from .mlp import MLP
 from .model import NEMON
-from .robustness import _check_eps, certified_radius, inversion_attack
+from .stack import ModelStack
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Epochs, batch size, Adam's learning rate and its step decay (fractions of ``epochs``)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    lr_milestones: tuple[float, ...] = ()
+    lr_factor: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigurationError(f"{name} must be an integer >= 1, got {name}={v!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigurationError(f"lr must be a positive finite number, got lr={self.lr!r}")
+        if not (math.isfinite(self.lr_factor) and 0 < self.lr_factor <= 1):
+            raise ConfigurationError(f"lr_factor must lie in (0, 1], got {self.lr_factor!r}")
+        for m in self.lr_milestones:
+            if not (0 < m < 1):
+                raise ConfigurationError(
+                    f"lr_milestones are fractions of the epochs in (0, 1), got {m!r}"
+                )
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of epoch ``epoch`` (1-based): decayed once per milestone passed."""
+        passed = sum(1 for m in self.lr_milestones if epoch > round(m * self.epochs))
+        return self.lr * self.lr_factor**passed
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a stack minimises; ``weights`` (one per member) are ``lam`` or ``eps_t``."""
+
+    name: str
+    weights: tuple[float, ...]
+    kappa: float = 0.75
+    warmup: float = 0.25
+    ramp: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.name not in ("lipschitz", "interval"):
+            raise ConfigurationError(
+                f"unknown objective {self.name!r}; choose lipschitz (MATH 5) or interval (MATH 10)"
+            )
+        what = "lam" if self.name == "lipschitz" else "eps_t"
+        for w in self.weights:
+            if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+                raise ConfigurationError(f"{what} must be a finite number >= 0, got {w!r}")
+            if what == "eps_t" and w > 1:
+                raise ConfigurationError(f"eps_t must lie in [0, 1] (pixel units), got {w!r}")
+        if not (0 <= self.kappa <= 1):
+            raise ConfigurationError(f"kappa must lie in [0, 1], got {self.kappa!r}")
+        if not (0 <= self.warmup and 0 <= self.ramp and self.warmup + self.ramp <= 1):
+            raise ConfigurationError(
+                f"warmup={self.warmup!r} and ramp={self.ramp!r} are fractions of the epochs "
+                "with warmup + ramp <= 1 (the ramp must end within the run)"
+            )
+
+    def progress(self, t: float) -> float:
+        """Ramp factor in [0, 1] at training progress ``t`` in [0, 1] (MATH 10's schedule)."""
+        if self.name != "interval" or t < self.warmup:
+            return 0.0
+        if self.ramp == 0:
+            return 1.0
+        return min((t - self.warmup) / self.ramp, 1.0)
+
+
+# --- the stacks -----------------------------------------------------------------------------
+class ModuleStack(nn.Module):
+    """Any models with NEMON's interface, looped over: the slow path (e.g. MON).
+
+    The same methods as :class:`~nemon.stack.ModelStack`, with inputs in pixels.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.items = nn.ModuleList(members)
+        self.K = len(members)
+        self.last_forward = None
+        self.last_backward = None
+
+    def normalise(self, u2: Tensor) -> Tensor:
+        return u2  # each member normalises inside its forward
+
+    def logits(self, u: Tensor) -> Tensor:
+        return torch.stack([m(u) for m in self.items])
+
+    def lipschitz_bound(self) -> Tensor:
+        return torch.stack([m.lipschitz_bound() for m in self.items])
+
+    def worst_case_logits(self, lo: Tensor, hi: Tensor, labels: Tensor) -> Tensor:
+        raise ConfigurationError(
+            f"{type(self.items[0]).__name__} models are trained plainly here: the interval "
+            "objective is for NEMON and MLP models"
+        )
+
+    def members(self) -> list[nn.Module]:
+        return list(self.items)
+
+    def iterations(self) -> list[tuple[int, bool, int, bool]]:
+        out = []
+        for m in self.items:
+            f, b = m.last_forward_stats, m.last_backward_stats
+            out.append(
+                (
+                    f.iterations if f else 0,
+                    f.converged if f else True,
+                    b.iterations if b else 0,
+                    b.converged if b else True,
+                )
+            )
+        return out
+
+
+def make_stack(models: Sequence[nn.Module]) -> nn.Module:
+    """The fastest stack that holds ``models``."""
+    if all(isinstance(m, (NEMON, MLP)) for m in models):
+        return ModelStack(models)
+    return ModuleStack(models)
+
+
+def _iterations(stack: nn.Module) -> list[tuple[int, bool, int, bool]]:
+    if isinstance(stack, ModuleStack):
+        return stack.iterations()
+    f, b = stack.last_forward, stack.last_backward
+    if f is None:  # an MLP: nothing solved
+        return [(0, True, 0, True)] * stack.K
+    return [
+        (fm.iterations, fm.converged, bm.iterations, bm.converged)
+        for fm, bm in zip(f.members, b.members, strict=True)
+    ]
+
+
+def to_pixels(images: Tensor) -> Tensor:
+    """uint8 images (any shape ``(N, ...)``) to float pixels in [0, 1], flattened per sample."""
+    x = images.reshape(images.shape[0], -1)
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+def _ce(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy per member: ``(K, N, classes)`` -> ``(K,)``."""
+    K, N, c = logits.shape
+    flat = F.cross_entropy(logits.reshape(K * N, c), labels.repeat(K), reduction="none")
+    return flat.view(K, N).mean(dim=1)
+
+
+@dataclass
+class _EpochStats:
+    loss: list[float]
+    ce: list[float]
+    correct: list[int]
+    fwd: list[list[int]]
+    bwd: list[list[int]]
+    not_converged: list[int]
+    samples: int = 0
+
+    @classmethod
+    def empty(cls, K: int) -> _EpochStats:
+        return cls(
+            [0.0] * K, [0.0] * K, [0] * K, [[] for _ in range(K)], [[] for _ in range(K)], [0] * K
+        )
+
+
+@dataclass
+class TrainResult:
+    """Per member: the per-epoch history and the run's summary (see :func:`summarise_history`)."""
+
+    histories: list[list[dict]]
+    seconds: float
+    resumed_from: int  # the last completed epoch found in a checkpoint (0: fresh start)
+    info: dict = field(default_factory=dict)
+
+
+def fingerprint(config: dict) -> str:
+    """SHA-256 of a JSON-able description of a run: a checkpoint of another run is not used."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def train_stack(
+    stack: nn.Module,
+    train_x: Tensor,
+    train_y: Tensor,
+    *,
+    objective: Objective,
+    schedule: Schedule,
+    seed: int,
+    test_x: Tensor | None = None,
+    test_y: Tensor | None = None,
+    checkpoint: str | Path | None = None,
+    run_id: dict | None = None,
+    member_names: Sequence[str] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train every member of ``stack`` in place; returns per-member histories.
+
+    ``train_x``: uint8 images or pixels in [0, 1]; the data order of each epoch
+    is a permutation drawn from a generator seeded with ``seed`` (the same for
+    every member). ``checkpoint``: a file to write after every epoch and to
+    resume from when it exists and was written for the same ``run_id``.
+    """
+    K = stack.K
+    if len(objective.weights) != K:
+        raise ConfigurationError(f"{len(objective.weights)} objective weights for {K} members")
+    names = list(member_names) if member_names else [f"member {k}" for k in range(K)]
+    device = next(stack.parameters()).device
+    dtype = next(stack.parameters()).dtype
+    X = to_pixels(train_x).to(device=device, dtype=dtype)
+    Y = train_y.to(device=device, dtype=torch.long)
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"{X.shape[0]} training images but {Y.shape[0]} labels")
+    # normalised once, not per batch (MATH 1); the interval objective also needs the pixels
+    Xn = stack.normalise(X)
+    weights = torch.tensor(objective.weights, dtype=dtype, device=device)
+    zero = torch.zeros_like(weights)
+    opt = torch.optim.Adam(stack.parameters(), lr=schedule.lr, fused=device.type in ("cpu", "cuda"))
+    gen = torch.Generator().manual_seed(seed)
+    histories: list[list[dict]] = [[] for _ in range(K)]
+    start, elapsed = 1, 0.0
+    fp = fingerprint(
+        {
+            "run": run_id or {},
+            "objective": asdict(objective),
+            "schedule": asdict(schedule),
+            "seed": seed,
+            "K": K,
+        }
+    )
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint)
+        if state is not None and state.get("fingerprint") == fp:
+            stack.load_state_dict(state["stack"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            histories = state["histories"]
+            elapsed = state["seconds"]
+            start = state["epoch"] + 1
+            log(f"resuming from the checkpoint {checkpoint} after epoch {state['epoch']}")
+        elif state is not None:
+            log(f"the checkpoint {checkpoint} was written for another run; starting from epoch 1")
+    resumed_from = start - 1
+    n = len(X)
+    steps = math.ceil(n / schedule.batch_size)
+    for epoch in range(start, schedule.epochs + 1):
+        lr = schedule.lr_at(epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if hasattr(stack, "train"):
+            stack.train()
+        t0 = time.perf_counter()
+        st = _EpochStats.empty(K)
+        order = torch.randperm(n, generator=gen).to(device)
+        bar = tqdm(
+            order.split(schedule.batch_size),
+            desc=f"epoch {epoch}/{schedule.epochs}",
+            unit="batch",
+            disable=not progress,
+            mininterval=5.0,
+        )
+        ramp = 0.0
+        for step, idx in enumerate(bar, start=1):
+            ramp = objective.progress(((epoch - 1) + (step - 1) / steps) / schedule.epochs)
+            u_n, labels = Xn[idx], Y[idx]
+            lam = weights if objective.name == "lipschitz" else zero
+            if isinstance(stack, ModelStack):  # the whole clean objective in one node
+                loss, ce, logits = stack.lipschitz_loss(u_n, labels, lam)
+            else:
+                logits = stack.logits(u_n)
+                loss = ce = _ce(logits, labels)
+                if bool((lam > 0).any()):
+                    loss = ce + lam * stack.lipschitz_bound()
+            if objective.name == "interval" and ramp > 0 and objective.kappa > 0:
+                eps = (ramp * weights)[:, None, None]
+                u = X[idx]
+                lo = stack.normalise((u - eps).clamp(0.0, 1.0))
+                hi = stack.normalise((u + eps).clamp(0.0, 1.0))
+                worst = _ce(stack.worst_case_logits(lo, hi, labels), labels)
+                kappa = ramp * objective.kappa
+                loss = (1 - kappa) * loss + kappa * worst
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            hits = (logits.detach().argmax(dim=2) == labels).sum(dim=1)
+            values = torch.cat((loss.detach(), ce.detach(), hits.to(loss.dtype))).tolist()
+            bad = [k for k in range(K) if not math.isfinite(values[k])]
+            if bad:
+                raise NonFiniteError(
+                    f"training loss of {', '.join(names[k] for k in bad)} became "
+                    f"{values[bad[0]]} at epoch {epoch}, step {step} (lr={lr:g}); the training "
+                    "diverged: lower the learning rate or the objective's weight. The last good "
+                    "checkpoint is kept for inspection" + (f" ({checkpoint})" if checkpoint else "")
+                )
+            opt.step()
+            its = _iterations(stack)
+            correct = values[2 * K :]
+            b = len(idx)
+            st.samples += b
+            for k in range(K):
+                st.loss[k] += values[k] * b
+                st.ce[k] += values[K + k] * b
+                st.correct[k] += int(correct[k])
+                st.fwd[k].append(its[k][0])
+                st.bwd[k].append(its[k][2])
+                st.not_converged[k] += (not its[k][1]) + (not its[k][3])
+        seconds = time.perf_counter() - t0
+        elapsed += seconds
+        _check_weights(stack, names, epoch)
+        with torch.no_grad():
+            bounds = stack.lipschitz_bound().tolist()
+            mus = _mus(stack)
+        test_acc = None
+        if test_x is not None and test_y is not None:
+            # at the training tolerance: a cheap learning curve, not the reported number
+            test_acc = stack_accuracy(stack, test_x, test_y)
+        for k in range(K):
+            histories[k].append(
+                {
+                    "epoch": epoch,
+                    "lr": lr,
+                    "eps_t": ramp * objective.weights[k] if objective.name == "interval" else 0.0,
+                    "kappa": ramp * objective.kappa if objective.name == "interval" else 0.0,
+                    "train_loss": st.loss[k] / st.samples,
+                    "train_ce": st.ce[k] / st.samples,
+                    "train_acc": st.correct[k] / st.samples,
+                    "lipschitz_bound": bounds[k],
+                    "mu": mus[k],
+                    "fwd_iters_mean": sum(st.fwd[k]) / len(st.fwd[k]),
+                    "fwd_iters_max": max(st.fwd[k]),
+                    "bwd_iters_mean": sum(st.bwd[k]) / len(st.bwd[k]),
+                    "bwd_iters_max": max(st.bwd[k]),
+                    "not_converged": st.not_converged[k],
+                    "seconds": seconds,
+                    **({"test_acc": test_acc[k]} if test_acc is not None else {}),
+                }
+            )
+        log(
+            f"epoch {epoch}/{schedule.epochs} ({seconds:.1f} s, lr {lr:g}): "
+            + "; ".join(
+                f"{names[k]} loss {histories[k][-1]['train_loss']:.4f} bound {bounds[k]:.4g}"
+                for k in range(K)
+            )
+        )
+        if checkpoint is not None:
+            save_checkpoint(
+                {
+                    "fingerprint": fp,
+                    "epoch": epoch,
+                    "stack": stack.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(),
+                    "histories": histories,
+                    "seconds": elapsed,
+                },
+                checkpoint,
+            )
+    return TrainResult(histories, elapsed, resumed_from)
+
+
+def _mus(stack: nn.Module) -> list[float]:
+    if isinstance(stack, ModuleStack):
+        return [float(m.mu_2() if hasattr(m, "mu_2") else m.mu()) for m in stack.items]
+    if stack.T is None:
+        return [0.0] * stack.K
+    t = stack.T.diagonal(dim1=-2, dim2=-1)
+    return ((t - t.abs()).amax(dim=-1) + stack.gamma).tolist()
+
+
+def _check_weights(stack: nn.Module, names: Sequence[str], epoch: int) -> None:
+    for name, p in stack.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise NonFiniteError(
+                f"weights {name} became non-finite during epoch {epoch}; the training diverged: "
+                "lower the learning rate or the objective's weight"
+            )
+
+
+@torch.no_grad()
+def stack_accuracy(stack: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> list[float]:
+    """Clean accuracy of every member at the stack's own solver settings."""
+    if hasattr(stack, "eval"):
+        stack.eval()
+    dev = next(stack.parameters()).device
+    dt = next(stack.parameters()).dtype
+    X = to_pixels(x)
+    Y = y.to(torch.long)
+    correct = torch.zeros(stack.K, dtype=torch.long)
+    for i in range(0, len(X), batch_size):
+        u = X[i : i + batch_size].to(dev, dt)
+        pred = stack.logits(stack.normalise(u)).argmax(dim=2).cpu()
+        correct += (pred == Y[i : i + batch_size]).sum(dim=1)
+    return (correct.double() / len(X)).tolist()
+
+
+def summarise_history(history: Sequence[dict]) -> dict:
+    """Whole-run statistics of one member, and whether it converged (last-epoch changes).
+
+    ``loss_rel_change`` and ``bound_rel_change`` are the relative changes of the
+    training loss and the Lipschitz bound over the last epoch; the run counts as
+    converged when they are below 3 % and 5 % (0 with a single epoch: unknown is
+    not converged).
+    """
+    if not history:
+        raise ValueError("empty training history: train for at least one epoch")
+    n = len(history)
+
+    def rel(key: str) -> float:
+        if n < 2:
+            return math.inf
+        a, b = history[-2][key], history[-1][key]
+        return abs(b - a) / max(abs(a), 1e-12)
+
+    loss_change, bound_change = rel("train_loss"), rel("lipschitz_bound")
+    return {
+        "epochs": n,
+        "fwd_iters_mean": sum(h["fwd_iters_mean"] for h in history) / n,
+        "fwd_iters_max": max(h["fwd_iters_max"] for h in history),
+        "bwd_iters_mean": sum(h["bwd_iters_mean"] for h in history) / n,
+        "bwd_iters_max": max(h["bwd_iters_max"] for h in history),
+        "not_converged": sum(h["not_converged"] for h in history),
+        "final_train_loss": history[-1]["train_loss"],
+        "loss_rel_change": loss_change if math.isfinite(loss_change) else 1.0,
+        "bound_rel_change": bound_change if math.isfinite(bound_change) else 1.0,
+        "training_converged": bool(
+            loss_change < LOSS_CHANGE_MAX and bound_change < BOUND_CHANGE_MAX
+        ),
+    }
+
+
+LOSS_CHANGE_MAX = 0.03
+BOUND_CHANGE_MAX = 0.05
+
+
+def train(
+    model: nn.Module,
+    train_x: Tensor,
+    train_y: Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    lam: float = 0.0,
+    seed: int,
+    objective: str = "lipschitz",
+    eps_t: float = 0.0,
+    kappa: float = 0.75,
+    warmup: float = 0.25,
+    ramp: float = 0.25,
+    lr_milestones: Sequence[float] = (),
+    lr_factor: float = 0.1,
+    test_x: Tensor | None = None,
+    test_y: Tensor | None = None,
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Train one model in place (a stack of one); returns its per-epoch history.
+
+    ``objective="lipschitz"`` minimises ``CE + lam * lipschitz_bound()`` (MATH 5);
+    ``"interval"`` the certified objective of MATH 10 at radius ``eps_t``.
+    """
+    if objective == "lipschitz" and eps_t:
+        raise ConfigurationError("eps_t belongs to objective='interval'")
+    if objective == "interval" and lam:
+        raise ConfigurationError("lam belongs to objective='lipschitz'")
+    weight = lam if objective == "lipschitz" else eps_t
+    obj = Objective(objective, (float(weight),), kappa=kappa, warmup=warmup, ramp=ramp)
+    sched = Schedule(epochs, batch_size, lr, tuple(lr_milestones), lr_factor)
+    stack = make_stack([model])
+    result = train_stack(
+        stack,
+        train_x,
+        train_y,
+        objective=obj,
+        schedule=sched,
+        seed=seed,
+        test_x=test_x,
+        test_y=test_y,
+        checkpoint=checkpoint,
+        progress=progress,
+        log=lambda s: None,
+    )
+    if isinstance(stack, ModelStack):
+        trained = stack.member(0)
+        with torch.no_grad():
+            for (_, p), (_, q) in zip(
+                model.named_parameters(), trained.named_parameters(), strict=True
+            ):
+                p.copy_(q)
+    return result.histories[0]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's global generator (initialisation). The CPU kernels used here are
+    deterministic without ``torch.use_deterministic_algorithms``, which would add seconds
+    of import time to every job (tests/test_training.py checks bit-identical reruns)."""
+    torch.manual_seed(seed)
+
+
+# --- provenance -------------------------------------------------------------------------------
+# What provenance() checks for uncommitted changes (paths relative to the checkout).
+CODE_PATHS = ("src", "scripts", "workflow", "Snakefile", "pyproject.toml")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -37,211 +561,6 @@ def resolve_device(device: str) -> torch.device:
             "use device: auto or cpu"
         )
     return dev
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch and ask for deterministic kernels (bit-identical CPU runs per seed)."""
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def to_pixels(images: Tensor) -> Tensor:
-    """uint8 images (any shape ``(N, ...)``) to float pixels in [0, 1], flattened per sample."""
-    x = images.reshape(images.shape[0], -1)
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-
-
-def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> Iterable[Tensor]:
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    return order.split(batch_size)
-
-
-def train(
-    model: NEMON,
-    train_x: Tensor,
-    train_y: Tensor,
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    lam: float,
-    seed: int,
-    test_x: Tensor | None = None,
-    test_y: Tensor | None = None,
-    progress: bool = True,
-) -> list[dict]:
-    """Train ``model`` in place with Adam; returns one record per epoch.
-
-    ``train_x`` holds pixels in [0, 1] (or uint8), on the model's device or
-    not. A non-finite loss stops the run with :class:`NonFiniteError` naming
-    the epoch and step, before anything is written by the caller.
-    """
-    if epochs < 1 or batch_size < 1:
-        raise ConfigurationError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
-    if not (lam >= 0 and math.isfinite(lam)):
-        raise ConfigurationError(f"lam must be a finite number >= 0, got lam={lam!r}")
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ConfigurationError(f"lr must be a positive number, got lr={lr!r}")
-    device = model.B.device
-    X = to_pixels(train_x).to(device=device, dtype=model.B.dtype)
-    Y = train_y.to(device=device, dtype=torch.long)
-    if X.shape[0] != Y.shape[0]:
-        raise ValueError(f"{X.shape[0]} training images but {Y.shape[0]} labels")
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    history: list[dict] = []
-    for epoch in range(1, epochs + 1):
-        model.train()
-        t0 = time.perf_counter()
-        tot_loss = tot_correct = 0.0
-        fwd: list[int] = []
-        bwd: list[int] = []
-        not_converged = 0
-        bar = tqdm(
-            _batches(len(X), batch_size, gen),
-            desc=f"epoch {epoch}/{epochs}",
-            unit="batch",
-            disable=not progress,
-            mininterval=2.0,
-        )
-        for step, idx in enumerate(bar, start=1):
-            u, labels = X[idx], Y[idx]
-            logits = model(u)
-            ce = torch.nn.functional.cross_entropy(logits, labels)
-            loss = ce + lam * model.lipschitz_bound() if lam > 0 else ce
-            if not torch.isfinite(loss):
-                raise NonFiniteError(
-                    f"training loss became {float(loss.detach())} at epoch {epoch}, step {step} "
-                    f"(lam={lam}, lr={lr}, gamma={model.gamma}); lower lr or lam"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            fs, bs = model.last_stats, model.last_backward_stats
-            fwd.append(fs.iterations)
-            bwd.append(bs.iterations)
-            not_converged += (not fs.converged) + (not bs.converged)
-            tot_loss += float(loss.detach()) * len(idx)
-            tot_correct += float((logits.argmax(1) == labels).sum())
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", fwd_it=fs.iterations)
-        seconds = time.perf_counter() - t0
-        with torch.no_grad():
-            rec = {
-                "epoch": epoch,
-                "train_loss": tot_loss / len(X),
-                "train_acc": tot_correct / len(X),
-                "lipschitz_bound": float(model.lipschitz_bound()),
-                "mu": float(model.mu()),
-                "fwd_iters_mean": sum(fwd) / len(fwd),
-                "fwd_iters_max": max(fwd),
-                "bwd_iters_mean": sum(bwd) / len(bwd),
-                "bwd_iters_max": max(bwd),
-                "not_converged": not_converged,
-                "seconds": seconds,
-            }
-        if test_x is not None and test_y is not None:
-            # at the training tolerance: a cheap learning curve, not the reported number
-            rec["test_acc"] = accuracy(model, test_x, test_y, tol=None, max_iter=None)
-        history.append(rec)
-    return history
-
-
-# Evaluation solves tighter than the paper's training tolerance (1e-2): certificates
-# subtract the solver's error bound, and clean and attacked accuracy must come from
-# equally accurate equilibria to be comparable.
-EVAL_TOL = 1e-6
-EVAL_MAX_ITER = 3000
-
-# What provenance() checks for uncommitted changes (paths relative to the checkout).
-CODE_PATHS = ("src", "scripts", "workflow", "Snakefile", "pyproject.toml")
-
-
-@torch.no_grad()
-def predict(
-    model: NEMON,
-    x: Tensor,
-    batch_size: int = 1000,
-    *,
-    tol: float | None = EVAL_TOL,
-    max_iter: int | None = EVAL_MAX_ITER,
-) -> Tensor:
-    """Predicted labels for images ``x`` (pixels in [0, 1] or uint8), solved at ``tol``."""
-    model.eval()
-    X = to_pixels(x)
-    dev, dt = model.B.device, model.B.dtype
-    with model.solver_settings(tol=tol, max_iter=max_iter):
-        out = [
-            model(X[i : i + batch_size].to(dev, dt)).argmax(1).cpu()
-            for i in range(0, len(X), batch_size)
-        ]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
-
-
-def accuracy(model: NEMON, x: Tensor, y: Tensor, batch_size: int = 1000, **solver) -> float:
-    """Clean accuracy in [0, 1] (``solver``: ``tol``/``max_iter`` as in :func:`predict`)."""
-    return float((predict(model, x, batch_size, **solver) == y.cpu()).double().mean())
-
-
-@torch.no_grad()
-def evaluate_robustness(
-    model: NEMON,
-    x: Tensor,
-    y: Tensor,
-    eps_list: Sequence[float],
-    batch_size: int = 1000,
-    tol: float | None = EVAL_TOL,
-    max_iter: int | None = EVAL_MAX_ITER,
-    progress: bool = False,
-) -> list[dict]:
-    """Accuracy under :func:`inversion_attack` and certified accuracy at each ``eps``.
-
-    Returns tidy rows ``{"attack": "inversion" | "certified", "eps", "accuracy"}``.
-    The certified radius does not depend on ``eps``, so it is computed once.
-    ``tol``/``max_iter`` override the model's solver settings for the
-    evaluation (``None`` keeps them); see :data:`EVAL_TOL`.
-    """
-    eps_list = [_check_eps(e) for e in eps_list]
-    model.eval()
-    X = to_pixels(x)
-    Y = y.cpu().long()
-    dev, dt = model.B.device, model.B.dtype
-    with model.solver_settings(tol=tol, max_iter=max_iter):
-        radius = torch.cat(
-            [
-                certified_radius(
-                    model, X[i : i + batch_size].to(dev, dt), Y[i : i + batch_size]
-                ).cpu()
-                for i in range(0, len(X), batch_size)
-            ]
-        )
-        rows = []
-        for eps in tqdm(eps_list, desc="eps", disable=not progress):
-            pred = predict(model, inversion_attack(X, eps), batch_size, tol=None, max_iter=None)
-            inv = float((pred == Y).double().mean())
-            cert = float((radius > eps).double().mean())
-            rows.append({"attack": "inversion", "eps": eps, "accuracy": inv})
-            rows.append({"attack": "certified", "eps": eps, "accuracy": cert})
-    return rows
-
-
-def summarise_history(history: Sequence[dict]) -> dict:
-    """Whole-run solver statistics from the per-epoch records of :func:`train`.
-
-    Every epoch has the same number of steps, so the mean of the epoch means is the mean.
-    """
-    if not history:
-        raise ValueError("empty training history: train for at least one epoch")
-    n = len(history)
-    return {
-        "epochs": n,
-        "fwd_iters_mean": sum(h["fwd_iters_mean"] for h in history) / n,
-        "fwd_iters_max": max(h["fwd_iters_max"] for h in history),
-        "bwd_iters_mean": sum(h["bwd_iters_mean"] for h in history) / n,
-        "bwd_iters_max": max(h["bwd_iters_max"] for h in history),
-        "not_converged": sum(h["not_converged"] for h in history),
-        "final_train_loss": history[-1]["train_loss"],
-    }
 
 
 def provenance(folder: str, device: torch.device | str, threads: int) -> dict:
