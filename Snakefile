@@ -1,9 +1,9 @@
-"""NEMON replication: data -> one model per (gamma, lam, seed) -> robustness -> tables -> figures.
+"""NEMON replication: data -> one model per grid point -> evaluation -> tables -> figures.
 
-snakemake --cores 2                         # the experiment of config.yaml
-snakemake --profile profiles/smoke          # the whole DAG on a tiny grid (minutes)
-snakemake --profile profiles/slurm          # on a SLURM cluster
-snakemake --report report.html              # browsable report of the figures
+snakemake --cores 2                                  # the experiments of config.yaml
+snakemake --cores 2 --config dataset=fashion-mnist   # the committed Fashion-MNIST results
+snakemake --profile profiles/smoke                   # the whole DAG on a tiny grid, under smoke/
+snakemake --profile profiles/slurm                   # on a SLURM cluster
 """
 
 from snakemake.utils import min_version
@@ -17,9 +17,6 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 
 
-validate_config(config)
-
-
 report: "workflow/report/workflow.rst"
 
 
@@ -28,6 +25,14 @@ include: "workflow/rules/training.smk"
 include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/aggregation.smk"
 include: "workflow/rules/figures.smk"
+
+
+localrules:
+    all,
+    summarise,
+    plot_pareto,
+    plot_accuracy_vs_eps,
+    plot_lipschitz,
 
 
 rule all:

@@ -1,4 +1,4 @@
-"""Rule plot_accuracy_vs_eps: accuracy against eps per model, inversion solid, certified dashed."""
+"""Rule plot_accuracy_vs_eps: accuracy against eps for every instrument, seeds aggregated."""
 
 import sys
 
@@ -9,6 +9,7 @@ from nemon.figures import dataset_title, plot_accuracy_vs_eps, save_figure
 smk = snakemake  # noqa: F821  (injected by Snakemake's script directive)
 sys.stderr = sys.stdout = open(smk.log[0], "w", buffering=1)
 
-title = dataset_title(smk.wildcards.dataset)
-fig = plot_accuracy_vs_eps(pd.read_csv(smk.input.robustness), title=title)
+fig = plot_accuracy_vs_eps(
+    pd.read_csv(smk.input.robustness), title=dataset_title(smk.wildcards.dataset)
+)
 save_figure(fig, smk.output.pdf, smk.output.png)

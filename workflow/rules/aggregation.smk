@@ -1,26 +1,27 @@
 rule summarise:
-    """One row per model (summary.csv) and per (model, attack, eps) (robustness.csv)."""
+    """Validate every model's records; one row per model and per (model, instrument, eps, inputs)."""
     input:
-        metrics=model_files("metrics.json"),
-        robustness=model_files("robustness.csv"),
+        metrics=all_point_files("metrics.json"),
+        evaluation=all_point_files("evaluation.json"),
+        robustness=all_point_files("robustness.csv"),
     output:
         summary=report(
-            "results/{dataset}/summary.csv",
+            f"{OUT}results/{{dataset}}/summary.csv",
             caption="../report/summary.rst",
             category="Tables",
             labels={"table": "summary"},
         ),
         robustness=report(
-            "results/{dataset}/robustness.csv",
+            f"{OUT}results/{{dataset}}/robustness.csv",
             caption="../report/robustness.rst",
             category="Tables",
             labels={"table": "robustness"},
         ),
     log:
-        "logs/summarise/{dataset}.log",
+        f"{OUT}logs/summarise/{{dataset}}.log",
     benchmark:
-        "benchmarks/summarise/{dataset}.tsv"
-    conda:
-        "../../environment.yml"
+        f"{OUT}benchmarks/summarise/{{dataset}}.tsv"
+    params:
+        allow_not_converged=config["evaluation"]["allow_not_converged"],
     script:
         "../../scripts/summarise.py"

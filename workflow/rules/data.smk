@@ -1,13 +1,11 @@
 rule prepare_data:
-    """Load the configured data set (checksum-verified) and cache it as tensors."""
+    """Load the configured data set (checksum-verified) and cache it as hashed tensors."""
     output:
         "resources/{dataset}.pt",
     log:
-        "logs/prepare_data/{dataset}.log",
+        f"{OUT}logs/prepare_data/{{dataset}}.log",
     benchmark:
-        "benchmarks/prepare_data/{dataset}.tsv"
-    conda:
-        "../../environment.yml"
+        f"{OUT}benchmarks/prepare_data/{{dataset}}.tsv"
     params:
         data_dir=config["data_dir"],
     script:

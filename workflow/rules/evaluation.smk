@@ -1,20 +1,27 @@
-rule evaluate:
-    """Inversion-attack and certified accuracy of one model at every attack.eps, full test set."""
-    input:
-        data="resources/{dataset}.pt",
-        model=f"{MODEL_DIR}/model.pt",
-    output:
-        f"{MODEL_DIR}/robustness.csv",
-    log:
-        "logs/evaluate/{dataset}/g{gamma}_l{lam}_s{seed}.log",
-    benchmark:
-        "benchmarks/evaluate/{dataset}/g{gamma}_l{lam}_s{seed}.tsv"
-    conda:
-        "../../environment.yml"
-    params:
-        eps=config["attack"]["eps"],
-        tol=config["attack"]["tol"],
-        max_iter=config["attack"]["max_iter"],
-        device=config["training"]["device"],
-    script:
-        "../../scripts/evaluate.py"
+# The evaluation stage (nemon.evaluation): every attack and certificate on every model of a
+# training group. It reads no training key: changing `evaluation:` never retrains a model.
+for _suffix, _exp in EXPERIMENTS.items():
+    forward_runtime_settings("evaluate", f"evaluate_{_suffix}")
+
+    rule:
+        name:
+            f"evaluate_{_suffix}"
+        input:
+            data=rules.prepare_data.output[0],
+            model=getattr(rules, f"train_{_suffix}").output.model,
+            metrics=getattr(rules, f"train_{_suffix}").output.metrics,
+        output:
+            robustness=point_files(_exp, "robustness.csv"),
+            evaluation=point_files(_exp, "evaluation.json"),
+        log:
+            f"{OUT}logs/evaluate/{{dataset}}/{_exp['model']}/{_exp['objective']}/g{{gamma}}_s{{seed}}.log",
+        benchmark:
+            f"{OUT}benchmarks/evaluate/{{dataset}}/{_exp['model']}/{_exp['objective']}/g{{gamma}}_s{{seed}}.tsv"
+        params:
+            model=_exp["model"],
+            objective=_exp["objective"],
+            weights=[float(w) for w in _exp[OBJECTIVE_AXIS[_exp["objective"]][0]]],
+            evaluation=config["evaluation"],
+            device=config["device"],
+        script:
+            "../../scripts/evaluate.py"

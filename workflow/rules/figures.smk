@@ -1,67 +1,62 @@
 rule plot_pareto:
-    """Clean accuracy against inversion accuracy at figures.pareto_eps, with the Pareto front."""
+    """Pareto fronts: clean accuracy against PGD, certified and inversion accuracy."""
     input:
-        summary="results/{dataset}/summary.csv",
-        robustness="results/{dataset}/robustness.csv",
+        summary=rules.summarise.output.summary,
+        robustness=rules.summarise.output.robustness,
     output:
-        pdf="figures/{dataset}/pareto.pdf",
+        pdf=f"{OUT}figures/{{dataset}}/pareto.pdf",
         png=report(
-            "figures/{dataset}/pareto.png",
+            f"{OUT}figures/{{dataset}}/pareto.png",
             caption="../report/pareto.rst",
             category="Figures",
-            labels={"figure": "Pareto front"},
+            labels={"figure": "Pareto fronts"},
         ),
     log:
-        "logs/plot_pareto/{dataset}.log",
+        f"{OUT}logs/plot_pareto/{{dataset}}.log",
     benchmark:
-        "benchmarks/plot_pareto/{dataset}.tsv"
-    conda:
-        "../../environment.yml"
+        f"{OUT}benchmarks/plot_pareto/{{dataset}}.tsv"
     params:
         eps=config["figures"]["pareto_eps"],
+        inversion_eps=config["figures"]["inversion_pareto_eps"],
     script:
         "../../scripts/plot_pareto.py"
 
 
 rule plot_accuracy_vs_eps:
-    """Accuracy against eps, one curve per model: inversion attack solid, certified dashed."""
+    """Accuracy against eps for every attack and certificate, seeds as mean and band."""
     input:
-        robustness="results/{dataset}/robustness.csv",
+        robustness=rules.summarise.output.robustness,
     output:
-        pdf="figures/{dataset}/accuracy_vs_eps.pdf",
+        pdf=f"{OUT}figures/{{dataset}}/accuracy_vs_eps.pdf",
         png=report(
-            "figures/{dataset}/accuracy_vs_eps.png",
+            f"{OUT}figures/{{dataset}}/accuracy_vs_eps.png",
             caption="../report/accuracy_vs_eps.rst",
             category="Figures",
             labels={"figure": "accuracy vs eps"},
         ),
     log:
-        "logs/plot_accuracy_vs_eps/{dataset}.log",
+        f"{OUT}logs/plot_accuracy_vs_eps/{{dataset}}.log",
     benchmark:
-        "benchmarks/plot_accuracy_vs_eps/{dataset}.tsv"
-    conda:
-        "../../environment.yml"
+        f"{OUT}benchmarks/plot_accuracy_vs_eps/{{dataset}}.tsv"
     script:
         "../../scripts/plot_accuracy_vs_eps.py"
 
 
-rule plot_lipschitz_vs_lambda:
-    """Lipschitz bound of each trained model against the regularisation weight lam."""
+rule plot_lipschitz:
+    """The Lipschitz bound and its tightness (bound / empirical lower bound) against lam."""
     input:
-        summary="results/{dataset}/summary.csv",
+        summary=rules.summarise.output.summary,
     output:
-        pdf="figures/{dataset}/lipschitz_vs_lambda.pdf",
+        pdf=f"{OUT}figures/{{dataset}}/lipschitz.pdf",
         png=report(
-            "figures/{dataset}/lipschitz_vs_lambda.png",
-            caption="../report/lipschitz_vs_lambda.rst",
+            f"{OUT}figures/{{dataset}}/lipschitz.png",
+            caption="../report/lipschitz.rst",
             category="Figures",
-            labels={"figure": "Lipschitz bound vs lambda"},
+            labels={"figure": "Lipschitz bound and tightness"},
         ),
     log:
-        "logs/plot_lipschitz_vs_lambda/{dataset}.log",
+        f"{OUT}logs/plot_lipschitz/{{dataset}}.log",
     benchmark:
-        "benchmarks/plot_lipschitz_vs_lambda/{dataset}.tsv"
-    conda:
-        "../../environment.yml"
+        f"{OUT}benchmarks/plot_lipschitz/{{dataset}}.tsv"
     script:
-        "../../scripts/plot_lipschitz_vs_lambda.py"
+        "../../scripts/plot_lipschitz.py"

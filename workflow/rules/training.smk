@@ -1,17 +1,27 @@
-rule train:
-    """Train one model of the grid: loss = CE + lam * Lipschitz bound, mu_eta(A) <= gamma."""
-    input:
-        data="resources/{dataset}.pt",
-    output:
-        model=f"{MODEL_DIR}/model.pt",
-        metrics=f"{MODEL_DIR}/metrics.json",
-    log:
-        "logs/train/{dataset}/g{gamma}_l{lam}_s{seed}.log",
-    benchmark:
-        "benchmarks/train/{dataset}/g{gamma}_l{lam}_s{seed}.tsv"
-    conda:
-        "../../environment.yml"
-    params:
-        point=point_config,
-    script:
-        "../../scripts/train.py"
+# One rule per (model, objective) of the config; a job trains every weight (lam or eps_t) of
+# one (gamma, seed) together as a stack and writes each model's files (nemon.contracts).
+for _suffix, _exp in EXPERIMENTS.items():
+    forward_runtime_settings("train", f"train_{_suffix}")
+
+    rule:
+        name:
+            f"train_{_suffix}"
+        input:
+            data=rules.prepare_data.output[0],
+        output:
+            model=point_files(_exp, "model.pt"),
+            metrics=point_files(_exp, "metrics.json"),
+        log:
+            f"{OUT}logs/train/{{dataset}}/{_exp['model']}/{_exp['objective']}/g{{gamma}}_s{{seed}}.log",
+        benchmark:
+            f"{OUT}benchmarks/train/{{dataset}}/{_exp['model']}/{_exp['objective']}/g{{gamma}}_s{{seed}}.tsv"
+        params:
+            model=_exp["model"],
+            objective=_exp["objective"],
+            weights=[float(w) for w in _exp[OBJECTIVE_AXIS[_exp["objective"]][0]]],
+            checkpoint=f"{group_dir(_exp)}/g{{gamma}}_s{{seed}}.checkpoint.pt",
+            hidden=config["model"]["hidden"],
+            training=config["training"],
+            device=config["device"],
+        script:
+            "../../scripts/train.py"

