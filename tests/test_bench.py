@@ -1,14 +1,45 @@
-"""nemon.bench: torchdeq solves the same problem as nemon, and the benchmark runs (MATH 3, 4, 8)."""
+"""nemon.bench: its rows time train_stack, torchdeq solves the same problem, and the report's
+arithmetic (MATH 3, 4, 8) uses rows measured in the same run."""
+
+import re
+import sys
 
 import pytest
 import torch
 from conftest import make_model
 
-from nemon import bench
+from nemon import NEMON, ConfigurationError, ModelStack
+from nemon.bench import cli, config, datasets, report, runs, timing
+from nemon.bench import torchdeq_adapter as adapter
+from nemon.bench.config import RunConfig
+from nemon.training import Objective, Schedule, to_pixels, train_stack
 
-pytest.importorskip("torchdeq")
+needs_torchdeq = pytest.mark.skipif(
+    not adapter.torchdeq_available(), reason="torchdeq is not installed (pip install -e .[bench])"
+)
+SAMPLES, TEST_SAMPLES = 300, 100
+TINY = [
+    "--samples",
+    str(SAMPLES),
+    "--test-samples",
+    str(TEST_SAMPLES),
+    "--tol",
+    "1e-2",
+    "--data",
+    "synthetic",
+    "--no-progress",
+    "--matmul-seconds",
+    "0.02",
+]
+SETTINGS = dict(samples=SAMPLES, test_samples=TEST_SAMPLES, data="synthetic", progress=False)
 
 
+@pytest.fixture(scope="module")
+def tiny_data():
+    return datasets.load_bench_data("synthetic", SAMPLES, TEST_SAMPLES, seed=0)
+
+
+# --- torchdeq solves nemon's problem ------------------------------------------------------------
 def _grads(model):
     return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
 
@@ -20,13 +51,15 @@ def _loss_and_grads(net, model, u, weights):
     return logits.detach(), _grads(model)
 
 
-@pytest.mark.parametrize("layout", bench.STOP_LAYOUTS)
+@needs_torchdeq
+@pytest.mark.parametrize("layout", config.LAYOUTS)
 @pytest.mark.parametrize(
     ("nemon_solver", "deq_solver"), [("average", "fixed_point_iter"), ("anderson", "anderson")]
 )
 def test_torchdeq_wrapper_has_nemons_equilibrium_and_gradients(nemon_solver, deq_solver, layout):
-    model = make_model(seed=3, solver=nemon_solver)  # float64, tol 1e-12, weighted, d != 0
-    deq = bench.TorchDEQNEMON(model, deq_solver, tol=1e-12, max_iter=2000, layout=layout)
+    # float64, tol 1e-12, weighted with d != 0, and a non-trivial input normalisation
+    model = make_model(seed=3, solver=nemon_solver, input_mean=0.3, input_std=0.2)
+    deq = adapter.TorchDEQNEMON(model, deq_solver, tol=1e-12, max_iter=2000, layout=layout)
     u = torch.rand(16, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     weights = torch.randn(16, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
 
@@ -46,10 +79,11 @@ def test_torchdeq_wrapper_has_nemons_equilibrium_and_gradients(nemon_solver, deq
         torch.testing.assert_close(g_deq[name], g, atol=1e-8, rtol=1e-6, msg=f"dL/d{name} differs")
 
 
+@needs_torchdeq
 def test_torchdeq_fixed_point_iter_stops_where_nemon_average_stops():
     # Same map, same start, same relative step over the batch: the same iteration count.
     model = make_model(seed=5, tol=1e-6)
-    deq = bench.TorchDEQNEMON(model, "fixed_point_iter", tol=1e-6, max_iter=2000, layout="batch")
+    deq = adapter.TorchDEQNEMON(model, "fixed_point_iter", tol=1e-6, max_iter=2000)
     u = torch.rand(32, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         _, stats = model.equilibrium(u)
@@ -58,84 +92,360 @@ def test_torchdeq_fixed_point_iter_stops_where_nemon_average_stops():
     assert deq.last_forward == {"iterations": stats.iterations, "converged": True}
 
 
+@needs_torchdeq
 def test_torchdeq_solve_that_misses_tol_counts_every_iteration():
     model = make_model(seed=5)
-    deq = bench.TorchDEQNEMON(model, "fixed_point_iter", tol=1e-12, max_iter=3)
+    deq = adapter.TorchDEQNEMON(model, "fixed_point_iter", tol=1e-12, max_iter=3)
     with torch.no_grad():
         deq.equilibrium(torch.rand(4, 12, dtype=torch.float64))
     assert deq.last_forward == {"iterations": 3, "converged": False}
 
 
-def test_flops_per_sample_is_math8():
-    # MATH 8: n = 100, m = 784, 15 + 12 iterations: about 0.85 Mflop per sample.
-    assert bench.flops_per_sample(15, 12) == 2 * 100**2 * 27 + 4 * 100 * 784
-    assert abs(bench.flops_per_sample(15, 12) / 1e6 - 0.85) < 0.01
+# --- the rows time the workflow's loop ----------------------------------------------------------
+def test_nemon_rows_train_exactly_what_train_stack_trains(tiny_data):
+    lams = (0.0, 1e-3)
+    cfg = RunConfig("nemon", "average", 1e-2, lams=lams, **SETTINGS)
+    X = to_pixels(tiny_data.train_x)
+    stack, result = runs.train_nemon(cfg, X, tiny_data.train_y, tiny_data.mean, tiny_data.std)
+
+    members = []
+    for _ in lams:  # what scripts/train.py does: every member from the same seed
+        torch.manual_seed(0)
+        members.append(
+            NEMON(
+                784,
+                100,
+                10,
+                gamma=0.0,
+                input_mean=tiny_data.mean,
+                input_std=tiny_data.std,
+                tol=1e-2,
+            )
+        )
+    direct = ModelStack(members)
+    direct_result = train_stack(
+        direct,
+        tiny_data.train_x,  # uint8, converted by train_stack itself
+        tiny_data.train_y,
+        objective=Objective("lipschitz", lams),
+        schedule=Schedule(epochs=1, batch_size=100, lr=1e-3),
+        seed=0,
+        progress=False,
+        log=lambda _line: None,
+    )
+    trained, reference = stack.members(), direct.members()  # NEMONs with the stacked weights
+    assert len(trained) == len(reference) == len(lams)
+    for k, (ours, theirs) in enumerate(zip(trained, reference, strict=True)):
+        mine = dict(ours.named_parameters())
+        assert set(mine) == {"T", "d", "B", "b", "C", "c"}
+        for name, p in theirs.named_parameters():
+            assert torch.equal(mine[name], p), f"member {k}: {name} differs from train_stack's"
+    for ours, theirs in zip(result.histories, direct_result.histories, strict=True):
+        strip = [{k: v for k, v in h.items() if k != "seconds"} for h in ours]
+        assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in theirs]
+
+    # and the timed row reports that loop's own statistics
+    one = RunConfig("nemon", "average", 1e-2, **SETTINGS)
+    solo = runs.train_nemon(one, X, tiny_data.train_y, tiny_data.mean, tiny_data.std)[1]
+    (epoch,) = solo.histories[0]
+    row = runs.run_config(one, tiny_data)
+    for key in ("fwd_iters_mean", "bwd_iters_mean", "not_converged", "train_loss", "train_acc"):
+        assert row[key] == epoch[key], key
 
 
-def _row(impl, solver, sps, acc, tol=1e-4, frac=0.3):
-    return {
-        "impl": impl,
-        "solver": solver,
-        "layout": "batch",
-        "tol": tol,
-        "samples_per_s": sps,
-        "test_acc": acc,
-        "floor_fraction": frac,
-    }
+@needs_torchdeq
+def test_nemon_and_torchdeq_start_from_the_same_weights_and_see_the_same_batches(
+    monkeypatch, tiny_data
+):
+    seen = {"nemon": [], "torchdeq": []}
+    start = {}
+    loss, forward = ModelStack.lipschitz_loss, adapter.TorchDEQNEMON.forward
+    stacks = []
+
+    def spy_loss(self, u_n, labels, lam):  # train_stack calls it once per step (normalised batch)
+        if "nemon" not in start:
+            start["nemon"] = {n: p.detach().clone() for n, p in self.member(0).named_parameters()}
+            stacks.append(self)
+        seen["nemon"].append(u_n.clone())
+        return loss(self, u_n, labels, lam)
+
+    def spy_forward(self, u):
+        start.setdefault(
+            "torchdeq", {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        )
+        seen["torchdeq"].append(u.clone())
+        return forward(self, u)
+
+    monkeypatch.setattr(ModelStack, "lipschitz_loss", spy_loss)
+    monkeypatch.setattr(adapter.TorchDEQNEMON, "forward", spy_forward)
+    X = to_pixels(tiny_data.train_x)
+    args = (X, tiny_data.train_y, tiny_data.mean, tiny_data.std)
+    runs.train_nemon(RunConfig("nemon", "average", 1e-2, seed=7, **SETTINGS), *args)
+    runs.train_torchdeq(RunConfig("torchdeq", "fixed_point_iter", 1e-2, seed=7, **SETTINGS), *args)
+
+    assert set(start["nemon"]) == set(start["torchdeq"]) == {"T", "d", "B", "b", "C", "c"}
+    for name, p in start["nemon"].items():
+        assert torch.equal(p, start["torchdeq"][name]), f"initial {name} differs"
+    assert len(seen["nemon"]) == len(seen["torchdeq"]) == SAMPLES // 100
+    for a, b in zip(seen["nemon"], seen["torchdeq"], strict=True):
+        assert torch.equal(a, stacks[0].normalise(b))
+    order = torch.cat(seen["torchdeq"])
+    assert torch.equal(order, X[adapter.epoch_order(SAMPLES, 7)])  # seeded, not the file order
+    assert not torch.equal(order, X)
 
 
-def test_compare_picks_torchdeqs_fastest_config_at_equal_accuracy():
-    rows = [
-        _row("nemon", "average", 1000.0, 0.850),
-        _row("nemon", "anderson", 5000.0, 0.850),  # not nemon's default path: ignored
-        _row("torchdeq", "fixed_point_iter", 150.0, 0.846),
-        _row("torchdeq", "anderson", 400.0, 0.80),  # faster but 5 points worse: not eligible
-    ]
-    cmp = bench.compare(rows, 1e-4)
-    assert cmp["torchdeq"]["solver"] == "fixed_point_iter" and cmp["equal_accuracy"]
-    assert cmp["speedup"] == pytest.approx(1000 / 150)
-    assert cmp["target_met"]  # 6.7x and 30 % of the floor
-    rows[0]["floor_fraction"] = 0.2
-    assert not bench.compare(rows, 1e-4)["target_met"]
-    assert bench.compare(rows, 1e-2) is None
+# --- the benchmark and its report ---------------------------------------------------------------
+@needs_torchdeq
+def test_benchmark_has_a_row_per_configuration_and_ratios_from_the_same_run(capsys):
+    returned = []
 
+    def runner(cfg):
+        returned.append(runs.run_config(cfg))
+        return returned[-1]
 
-def test_main_runs_a_tiny_benchmark_and_its_rows_are_sane(capsys):
-    argv = [
-        "--samples",
-        "300",
-        "--test-samples",
-        "200",
-        "--tol",
-        "1e-2",
-        "--data",
-        "synthetic",
-        "--solvers",
-        "average",
-        "--torchdeq-solvers",
-        "fixed_point_iter",
-        "--no-progress",
-    ]
-    rows = bench.main(argv)
+    argv = [*TINY, "--solvers", "average", "--torchdeq-solvers", "fixed_point_iter", "--markdown"]
+    result = cli.main(argv, runner=runner)
     out = capsys.readouterr().out
-    assert [(r["impl"], r["solver"]) for r in rows] == [
-        ("nemon", "average"),
-        ("torchdeq", "fixed_point_iter"),
+    assert [r["label"] for r in result.rows] == [
+        "nemon average/step tol=0.01",
+        "nemon stack K=8 average/step tol=0.01",
+        "torchdeq fixed_point_iter/step tol=0.01",
     ]
-    for r in rows:
-        assert r["samples"] == 300 and r["tol"] == 1e-2 and r["data"].startswith("synthetic")
-        assert r["samples_per_s"] > 0 and r["seconds"] > 0
+    assert all(a is b for a, b in zip(result.rows, returned, strict=True))
+    table = [ln for ln in out.splitlines() if ln.startswith("| ")]
+    assert len(table) == 1 + len(result.rows)  # header + one line per configuration
+    assert table[2].startswith("| nemon stack K=8 | average | step | 0.01 |")
+
+    (cmp,) = result.comparisons
+    nemon_row, deq_row = result.rows[0], result.rows[2]
+    assert cmp.nemon is nemon_row and cmp.torchdeq is deq_row
+    assert cmp.speedup == nemon_row["samples_per_s"] / deq_row["samples_per_s"]
+    assert cmp.floor_fraction == nemon_row["floor_s"] / nemon_row["seconds"]
+    assert f"speed-up {cmp.speedup:.2f}x" in out
+    assert "target" not in out.lower() and "MET" not in out
+    for r in result.rows:
+        assert r["samples"] == SAMPLES and r["data"].startswith("synthetic")
         assert 1 <= r["fwd_iters_mean"] <= r["fwd_iters_max"] <= 300
         assert 1 <= r["bwd_iters_mean"] <= r["bwd_iters_max"] <= 300
-        assert 0.0 <= r["test_acc"] <= 1.0 and 0.0 <= r["train_acc"] <= 1.0
-        assert r["peak_rss_mib"] >= r["base_rss_mib"] > 0
-        assert r["flops_per_sample"] == bench.flops_per_sample(
-            r["fwd_iters_mean"], r["bwd_iters_mean"]
+        assert 0.0 <= r["test_acc"] <= 1.0 and r["seconds"] > 0
+        assert r["floor_s"] == pytest.approx(
+            timing.flops_per_sample(r["fwd_iters_mean"], r["bwd_iters_mean"])
+            * SAMPLES
+            * r["models"]
+            / (result.gflops_model * 1e9)
         )
-        assert r["floor_s"] > 0 and 0 < r["floor_fraction"] == pytest.approx(
-            r["floor_s"] / r["seconds"]
+    # same fixed point, start and rule: (nearly) the same forward iterations
+    assert abs(nemon_row["fwd_iters_mean"] - deq_row["fwd_iters_mean"]) <= 1.0
+
+
+def test_stack_row_trains_eight_models_and_reports_throughput_per_model(tiny_data):
+    lams = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    row = runs.run_config(RunConfig("nemon", "average", 1e-2, lams=lams, **SETTINGS), tiny_data)
+    assert row["models"] == 8 and row["lams"] == list(lams)
+    assert row["samples_per_s"] == 8 * SAMPLES / row["seconds"]
+    assert len(row["test_acc_members"]) == 8
+    assert row["test_acc"] == pytest.approx(sum(row["test_acc_members"]) / 8)
+    single = {**row, "models": 1, "lams": [0.0], "samples_per_s": row["samples_per_s"] / 2}
+    single.update(label="nemon average/step tol=0.01")
+    (line,) = report.stack_lines([single, row], 1e-2, None)
+    assert "nemon stack K=8" in line and "samples/s per model" in line
+    assert "2.00x one model" in line
+
+
+def test_without_torchdeq_the_benchmark_says_so_once_and_runs_nemon_rows(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torchdeq", None)  # import torchdeq now raises ImportError
+    assert not adapter.torchdeq_available()
+    result = cli.main([*TINY, "--solvers", "average", "--no-stack"], runner=runs.run_config)
+    captured = capsys.readouterr()
+    assert captured.err.count(adapter.MISSING_TORCHDEQ) == 1
+    assert "torchdeq is not installed (pip install -e .[bench]): running nemon rows only" in (
+        captured.err
+    )
+    assert [r["impl"] for r in result.rows] == ["nemon"] and not result.comparisons
+    assert "speed-up" not in captured.out and "torchdeq not run" in captured.out
+    with pytest.raises(ConfigurationError, match="pip install"):
+        adapter.TorchDEQNEMON(make_model(), "anderson", tol=1e-2, max_iter=10)
+
+
+def test_no_torchdeq_flag_runs_nemon_rows_without_the_warning(capsys):
+    result = cli.main(
+        [*TINY, "--solvers", "average", "--no-stack", "--no-torchdeq"], runs.run_config
+    )
+    assert [r["impl"] for r in result.rows] == ["nemon"]
+    assert adapter.MISSING_TORCHDEQ not in capsys.readouterr().err
+
+
+BAD_ARGS = [
+    (["--samples", "50"], "--samples must be at least one batch (100), got 50"),
+    (["--test-samples", "0"], "--test-samples must be >= 1"),
+    (["--tol", "0"], "--tol values must be positive finite numbers, got [0.0]"),
+    (["--tol", "nan"], "--tol values must be positive finite numbers"),
+    (["--max-iter", "0"], "--max-iter must be >= 1"),
+    (["--threads", "-1"], "--threads must be >= 0"),
+    (["--gamma", "1"], "--gamma must be a finite number below 1"),
+    (["--stack-lams", "0"], "--stack-lams needs at least two values"),
+    (["--stack-lams", "0", "-1"], "--stack-lams must be finite numbers >= 0, got [-1.0]"),
+    (["--equal-accuracy", "-0.1"], "--equal-accuracy must lie in [0, 1]"),
+    (["--matmul-seconds", "0"], "--matmul-seconds must be positive"),
+    (["--solvers", "newton"], "invalid choice: 'newton'"),
+    (["--stop", "residual"], "invalid choice: 'residual'"),
+    (["--samples", "many"], "invalid int value: 'many'"),
+    (["--data", "fashion-mnist", "--samples", "70000"], "Fashion-MNIST has 60000 training"),
+    (
+        ["--solvers", "picard", "--stop", "bound", "--no-stack", "--no-torchdeq"],
+        "nothing to run: picard has no stop='bound' rows",
+    ),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
+def test_bad_arguments_stop_before_anything_runs_with_a_clear_error(extra, message, capsys):
+    def runner(cfg):
+        raise AssertionError("no configuration may run")
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*TINY, *extra], runner=runner)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "usage: python -m nemon.bench" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available: --device cuda is valid")
+def test_device_cuda_without_cuda_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        cli.main([*TINY, "--device", "cuda"], runner=runs.run_config)
+    assert "torch.cuda.is_available() is False" in capsys.readouterr().err
+
+
+def test_run_configs_reject_combinations_that_cannot_be_compared():
+    with pytest.raises(ConfigurationError, match="torchdeq stops on the relative step only"):
+        RunConfig("torchdeq", "anderson", 1e-2, stop="bound")
+    with pytest.raises(ConfigurationError, match="trains one model"):
+        RunConfig("torchdeq", "anderson", 1e-2, lams=(0.0, 0.1))
+    with pytest.raises(ConfigurationError, match="unknown torchdeq solver 'average'"):
+        RunConfig("torchdeq", "average", 1e-2)
+    with pytest.raises(ConfigurationError, match="picard"):
+        RunConfig("nemon", "picard", 1e-2, stop="bound")
+    with pytest.raises(ConfigurationError, match=r"unknown RunConfig field\(s\) \['tolerance'\]"):
+        RunConfig.from_json('{"impl": "nemon", "solver": "average", "tolerance": 0.01}')
+    cfg = RunConfig("nemon", "average", 1e-4, stop="bound", lams=(0.0, 0.1), **SETTINGS)
+    assert RunConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_help_shows_every_default_and_cites_no_internal_constant():
+    parser = cli.build_parser()
+    text = parser.format_help()
+    options = [a for a in parser._actions if a.option_strings != ["-h", "--help"]]
+    assert text.count("(default:") == len(options)
+    for a in options:
+        assert a.option_strings[0] in text
+    assert "(default: [0.01, 0.0001])" in text and "(default: 60000)" in text
+    modules = (cli, config, datasets, report, runs, timing, adapter)
+    constants = {
+        name
+        for m in modules
+        for name, value in vars(m).items()
+        if re.fullmatch(r"[A-Z][A-Z0-9_]{3,}", name) and not callable(value)  # not NEMON
+    }
+    assert constants  # the check below looks for something
+    cited = sorted(c for c in constants if re.search(rf"\b{c}\b", text))
+    assert not cited, f"--help cites internal constants {cited}"
+
+
+# --- the flop floor (MATH 8) ----------------------------------------------------------------
+def test_flops_per_sample_is_math8():
+    # MATH 8: n = 100, m = 784, 15 + 12 iterations: about 0.85 Mflop per sample.
+    assert timing.flops_per_sample(15, 12) == 2 * 100**2 * 27 + 4 * 100 * 784
+    assert abs(timing.flops_per_sample(15, 12) / 1e6 - 0.85) < 0.01
+    assert timing.flops_per_sample(3, 2, n=10, m=20) == 2 * 10**2 * 5 + 4 * 10 * 20
+
+
+def test_matmul_rate_is_measured_with_torch_utils_benchmark_at_the_given_shape(monkeypatch):
+    made = {}
+
+    class FakeMeasurement:
+        times = [3e-4, 1e-4, 2e-4]  # seconds per product, per block
+
+    class FakeTimer:
+        def __init__(self, stmt, globals, num_threads, label):
+            made.update(stmt=stmt, shapes=[tuple(globals[k].shape) for k in "ab"])
+            made["threads"] = num_threads
+
+        def blocked_autorange(self, min_run_time):
+            made["min_run_time"] = min_run_time
+            return FakeMeasurement()
+
+    monkeypatch.setattr(timing.tbench, "Timer", FakeTimer)
+    rate = timing.matmul_gflops(100, 784, 10, torch.device("cpu"), threads=1, min_run_time=0.3)
+    assert rate == pytest.approx(2 * 100 * 784 * 10 / 1e-4 / 1e9)  # the fastest block counts
+    assert made == {
+        "stmt": "torch.mm(a, b, out=out)",
+        "shapes": [(100, 784), (784, 10)],
+        "threads": 1,
+        "min_run_time": 0.3,
+    }
+    monkeypatch.undo()
+    real = timing.matmul_gflops(100, 100, 100, torch.device("cpu"), min_run_time=0.01)
+    assert 0.01 < real < 1e5
+
+
+def test_floor_and_comparison_use_only_the_rows_given():
+    def row(impl, solver, sps, acc, *, stop="step", models=1, tol=1e-4):
+        return dict(
+            impl=impl,
+            solver=solver,
+            stop=stop,
+            tol=tol,
+            models=models,
+            samples=1000,
+            seconds=1000 * models / sps,
+            samples_per_s=sps,
+            test_acc=acc,
+            flops_per_sample=timing.flops_per_sample(10, 8),
         )
-    # same fixed point, same start, same stopping rule: (nearly) the same forward iterations;
-    # the weights drift apart at the level of the backward tolerance, hence "nearly"
-    assert abs(rows[0]["fwd_iters_mean"] - rows[1]["fwd_iters_mean"]) <= 1.0
-    assert "tol 0.01: nemon average" in out and "GFLOP/s" in out and "synthetic" in out
+
+    rows = [
+        row("nemon", "average", 1000.0, 0.850),
+        row("nemon", "average", 3000.0, 0.850, stop="bound"),  # another rule: not compared
+        row("nemon", "average", 4000.0, 0.850, models=8),  # a stack: not compared
+        row("nemon", "anderson", 5000.0, 0.850),  # not nemon's default path
+        row("torchdeq", "fixed_point_iter", 150.0, 0.846),
+        row("torchdeq", "anderson", 400.0, 0.80),  # faster but 5 points worse
+        row("torchdeq", "anderson", 900.0, 0.85, stop="step/sample"),  # a stricter rule
+    ]
+    report.add_floor(rows, gflops_model=2.0, gflops_large=4.0)
+    s = rows[2]
+    assert s["floor_s"] == timing.flops_per_sample(10, 8) * 1000 * 8 / 2e9
+    assert s["floor_large_s"] == s["floor_s"] / 2
+    assert s["floor_fraction"] == s["floor_s"] / s["seconds"]
+
+    cmp = report.compare(rows, 1e-4, window=0.005)
+    assert cmp.nemon is rows[0] and cmp.torchdeq is rows[4] and cmp.equal_accuracy
+    assert cmp.speedup == 1000 / 150 and cmp.floor_fraction == rows[0]["floor_fraction"]
+    assert report.compare(rows, 1e-2, window=0.005) is None
+    wide = report.compare(rows, 1e-4, window=0.1)
+    assert wide.torchdeq is rows[5] and wide.speedup == 1000 / 400
+    line = report.format_comparison(cmp, 0.005)
+    assert "speed-up 6.67x" in line and "within 0.5 points" in line
+
+
+# --- the real child process ---------------------------------------------------------------------
+def test_each_configuration_runs_in_its_own_process_with_its_own_memory():
+    cfg = RunConfig(
+        "nemon", "average", 1e-2, samples=200, test_samples=50, data="synthetic", progress=False
+    )
+    row = runs.run_isolated(cfg)
+    assert row["label"] == "nemon average/step tol=0.01" and row["samples"] == 200
+    assert row["peak_rss_mib"] >= row["base_rss_mib"] > 0
+    assert row["peak_rss_since_start"] is False  # the peak is the training's, not the data's
+    assert row["threads"] == 1 and row["device"] == "cpu" and row["cuda_peak_mib"] is None
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="no CUDA device here: the --device cuda path runs where a GPU exists",
+)
+def test_cuda_rows_synchronise_and_report_the_device_peak(tiny_data):
+    row = runs.run_config(RunConfig("nemon", "average", 1e-2, device="cuda", **SETTINGS), tiny_data)
+    assert row["device"].startswith("cuda") and row["cuda_peak_mib"] > 0
+    assert row["seconds"] > 0 and row["samples"] == SAMPLES
