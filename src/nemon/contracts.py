@@ -378,6 +378,7 @@ def write_json(path: str | os.PathLike[str], record: Mapping) -> None:
 def read_robustness(path: str | os.PathLike[str], *, expect: Mapping | None = None):
     """Read one model's ``robustness.csv`` (a pandas DataFrame) and check columns, values, keys."""
     import pandas as pd  # the workflow's dependency
+
     fix = "delete it and rerun snakemake: rule evaluate rebuilds it"
     try:
         df = pd.read_csv(path)

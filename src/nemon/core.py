@@ -157,9 +157,11 @@ def _solve_anderson(spec: LayerSpec, make_F, x0: Tensor, alpha, rho) -> tuple[Te
             err_norm=lambda t: t.abs().amax(dim=-1),
             stop=spec.stop,
         )
-        out[k] = xk
-        # the averaged step at the returned point: its size enters the error bound
-        last[k] = alpha[k] * (F(xk[None])[0] - xk)
+        # return G(x_k), with the step x_k -> G(x_k) that bounds its error (MATH 3): the
+        # bound rho / (1 - rho) * step holds for the image of the step, not for its start
+        step = alpha[k] * (F(xk[None])[0] - xk)
+        out[k] = xk + step
+        last[k] = step
         recs.append(MemberSolve(st.iterations, st.residual, st.converged))
     return out, SolveRecord("anderson", recs, alpha, rho, last if spec.keep_last_update else None)
 

@@ -7,7 +7,8 @@ Nothing here reads a model file, so every point in a figure is a row (or the
 seed mean of rows) of one of those tables. Seeds are aggregated as their
 mean with a band of one standard deviation; points marked hollow are
 *degenerate* (one class takes at least 90 % of the predictions) and points
-marked with a cross come from solves that stopped at ``max_iter``.
+marked with a black cross come from solves that stopped at ``max_iter``
+(only where ``evaluation.allow_not_converged`` let them through).
 
 The plotting functions return a :class:`matplotlib.figure.Figure` built
 without pyplot (no global figure state); :func:`save_figure` writes PDF or PNG
@@ -163,6 +164,9 @@ def plot_accuracy_vs_eps(robustness: pd.DataFrame, *, title: str | None = None) 
                         continue
                     m = seed_means(pts, "accuracy", ["eps"])
                     deg = pts.groupby("eps")["degenerate"].any().reindex(m["eps"]).to_numpy()
+                    unc = (
+                        (pts.groupby("eps")["not_converged"].max() > 0).reindex(m["eps"]).to_numpy()
+                    )
                     col = palette[w]
                     ax.plot(m["eps"], m["mean"], color=col, linewidth=1.2, label=_num(w))
                     ax.fill_between(
@@ -182,6 +186,8 @@ def plot_accuracy_vs_eps(robustness: pd.DataFrame, *, title: str | None = None) 
                         s=30,
                         zorder=3,
                     )
+                    if unc.any():  # a number from solves that stopped at max_iter
+                        ax.scatter(m["eps"][unc], m["mean"][unc], marker="x", color="k", s=30)
                 if r == 0:
                     ax.set_title(INSTRUMENT_LABELS[inst], fontsize="small")
                 if c == 0:
@@ -249,6 +255,9 @@ def _pareto_panel(ax, pts: pd.DataFrame, ylabel: str) -> None:
             s=30,
             zorder=3,
         )
+        unc = (q["not_converged"] > 0).to_numpy()
+        if unc.any():  # a number from solves that stopped at max_iter
+            ax.scatter(q["clean_mean"][unc], q["rob_mean"][unc], marker="x", color="k", s=30)
     ax.scatter(
         front["clean_mean"],
         front["rob_mean"],
@@ -292,12 +301,14 @@ def plot_pareto(
     ]
     if not cert.empty:
         best = cert.groupby(POINT_KEYS, as_index=False).agg(
-            accuracy=("accuracy", "max"), degenerate=("degenerate", "any")
+            accuracy=("accuracy", "max"),
+            degenerate=("degenerate", "any"),
+            not_converged=("not_converged", "max"),
         )
         panels.append((best, f"certified accuracy, ε = {_num(eps)} (best certificate)"))
     inv = test[(test["attack"] == "inversion") & (test["eps"] == inversion_eps)]
     if inv.empty:
-        have = sorted(test.loc[test["attack"] == "inversion", "eps"].unique())
+        have = sorted(float(e) for e in test.loc[test["attack"] == "inversion", "eps"].unique())
         raise ValueError(
             f"the robustness table has no inversion rows at eps={inversion_eps} (it has {have}); "
             "set figures.inversion_pareto_eps to one of evaluation.inversion.eps"
@@ -308,7 +319,7 @@ def plot_pareto(
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
         for ax, (rows, ylabel) in zip(axes, panels, strict=True):
             df = summary[[*POINT_KEYS, "clean_acc"]].merge(
-                rows[[*POINT_KEYS, "accuracy", "degenerate"]],
+                rows[[*POINT_KEYS, "accuracy", "degenerate", "not_converged"]],
                 on=POINT_KEYS,
                 how="inner",
                 validate="one_to_one",
@@ -325,7 +336,9 @@ def plot_pareto(
             r = seed_means(df, "accuracy", by).rename(
                 columns={"mean": "rob_mean", "std": "rob_std"}
             )
-            d = df.groupby(by, as_index=False)["degenerate"].any()
+            d = df.groupby(by, as_index=False).agg(
+                degenerate=("degenerate", "any"), not_converged=("not_converged", "max")
+            )
             pts = c.merge(r, on=by).merge(d, on=by)
             pts["kind"] = pts["model"] + " " + pts["objective"]
             _pareto_panel(ax, pts, ylabel)

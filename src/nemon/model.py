@@ -510,7 +510,7 @@ class NEMON(nn.Module):
     def embedded_equilibrium(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, SolverStats]:
         """``(x_lo*, x_hi*)`` of the embedded map for boxes ``[lo, hi]`` of pixels (MATH 9).
 
-        No widening here: see :func:`nemon.interval.interval_bounds`, which adds it.
+        No widening here: see :func:`nemon.robustness.interval_bounds`, which adds it.
         Differentiable (MATH 10) with respect to every parameter and to ``lo``, ``hi``.
         """
         lo2, lead = flatten_input(lo, self.in_features, self.B.dtype)
