@@ -381,3 +381,32 @@ def test_provenance_outside_and_inside_a_git_checkout(tmp_path):
     (tmp_path / "src" / "a.py").write_text("x = 2\n")  # the code does not
     assert provenance(str(tmp_path), "cpu", 1)["git_dirty"] is True
     assert math.isfinite(1.0)
+
+
+def test_a_diverging_run_names_epoch_and_step_and_keeps_its_last_good_checkpoint(
+    tmp_path, monkeypatch
+):
+    x, y = toy_data(200)  # 4 steps per epoch at batch 50
+    real = ModelStack.lipschitz_loss
+    calls = {"n": 0}
+
+    def diverging(self, u_n, labels, lam):
+        loss, ce, logits = real(self, u_n, labels, lam)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 6 else loss), ce, logits
+
+    monkeypatch.setattr(ModelStack, "lipschitz_loss", diverging)
+    ckpt = tmp_path / "group.checkpoint.pt"
+    with pytest.raises(nemon.NonFiniteError, match=r"epoch 2, step 2.*last good checkpoint"):
+        train_stack(
+            ModelStack([new_model(0)]),
+            x,
+            y,
+            objective=Objective("lipschitz", (0.0,)),
+            schedule=Schedule(3, 50, 1e-2),
+            seed=0,
+            progress=False,
+            checkpoint=ckpt,
+        )
+    state = nemon.contracts.load_checkpoint(ckpt)
+    assert state["epoch"] == 1 and len(state["histories"][0]) == 1

@@ -294,6 +294,22 @@ def _check_runtime(config: dict, cuda_available) -> None:
             )
 
 
+# --- reproducibility ---------------------------------------------------------------------------
+# Environment of every job in reproducible mode: the CPU-dependent code paths pinned to AVX2.
+# ATen picks its vector kernels by CPU (AVX-512 here, AVX2 on many AMD machines) and they round
+# differently; MKL and oneDNN dispatch by CPU too. Read at process start, so set for the jobs.
+REPRODUCIBLE_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_CBWR": "AVX2",
+    "DNNL_MAX_CPU_ISA": "AVX2",
+}
+
+
+def job_environment(config: Mapping) -> dict[str, str]:
+    """The environment variables the workflow sets for its jobs (empty unless reproducible)."""
+    return dict(REPRODUCIBLE_ENV) if config.get("reproducible", True) else {}
+
+
 # --- the grid ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainingGroup:

@@ -46,6 +46,7 @@ class AttackSettings:
     images: int = 1000
     steps: int = 50
     restarts: int = 1
+    queries: int = 5000  # Square's query budget (AutoAttack)
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,10 @@ class EvalSettings:
                 **{k: cfg["pgd"][k] for k in ("eps", "images", "steps", "restarts")}
             ),
             autoattack=AttackSettings(
-                eps=tuple(cfg["autoattack"]["eps"]), images=cfg["autoattack"]["images"]
+                eps=tuple(cfg["autoattack"]["eps"]),
+                images=cfg["autoattack"]["images"],
+                steps=cfg["autoattack"]["steps"],
+                queries=cfg["autoattack"]["queries"],
             ),
             lower_bound_images=cfg["lipschitz_lower"]["images"],
             lower_bound_steps=cfg["lipschitz_lower"]["steps"],
@@ -246,7 +250,9 @@ def evaluate_model(
                     model, u, y, eps, steps=atk.steps, restarts=atk.restarts, **common
                 )
             else:
-                res = attacks.autoattack(model, u, y, eps, **common)
+                res = attacks.autoattack(
+                    model, u, y, eps, steps=atk.steps, n_queries=atk.queries, **common
+                )
             ok = torch.zeros(N, dtype=torch.bool)
             ok[idx] = res.robust.cpu()
             with (

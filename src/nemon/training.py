@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
 import subprocess
 import time
@@ -579,6 +580,14 @@ def provenance(folder: str, device: torch.device | str, threads: int) -> dict:
         return out.stdout.strip()
 
     commit = git("rev-parse", "HEAD") or "unknown"
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
     # only the code: results/ and figures/ are tracked too and change while the workflow runs
     status = git(
         "status", "--porcelain", "--untracked-files=no", "--", *(f":/{p}" for p in CODE_PATHS)
@@ -589,6 +598,12 @@ def provenance(folder: str, device: torch.device | str, threads: int) -> dict:
         "python": platform.python_version(),
         "device": str(device),
         "threads": threads,
+        # what decides the floating-point path on a CPU (README, "Reproducibility")
+        "cpu": cpu,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "environment": {
+            k: os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "DNNL_MAX_CPU_ISA")
+        },
         "git_commit": commit,
         # uncommitted changes to the code: the commit alone does not pin it
         "git_dirty": None if status is None else bool(status),

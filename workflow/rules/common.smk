@@ -5,7 +5,13 @@ The logic lives in the package (nemon.config, nemon.contracts), where it is unit
 
 import os
 
-from nemon.config import load_schema, rule_suffix, training_groups, validate_config
+from nemon.config import (
+    job_environment,
+    load_schema,
+    rule_suffix,
+    training_groups,
+    validate_config,
+)
 from nemon.contracts import OBJECTIVE_AXIS, fmt_float
 from nemon.errors import ConfigurationError
 from snakemake.exceptions import WorkflowError
@@ -21,6 +27,9 @@ config.clear()
 config.update(_valid)
 
 OUT = config["output_prefix"]
+# jobs inherit the environment of this process (locally, and with sbatch's default --export)
+for _name, _value in job_environment(config).items():
+    os.environ[_name] = _value
 DATASETS = SCHEMA["properties"]["dataset"]["enum"]
 GROUPS = training_groups(config)
 # a training and an evaluation rule for each (model, objective) of the config
