@@ -1,0 +1,43 @@
+"""The documentation resolves: every MATH citation and every README section the code points to."""
+
+import re
+from pathlib import Path
+
+from conftest import REPO
+
+SOURCES = [
+    *REPO.glob("src/nemon/**/*.py"),
+    *REPO.glob("scripts/*.py"),
+    *REPO.glob("tests/*.py"),
+    *REPO.glob("workflow/**/*.*"),
+    *REPO.glob("profiles/**/*.yaml"),
+    REPO / "Snakefile",
+    REPO / "config.yaml",
+    REPO / "README.md",
+]
+
+
+def text(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def test_every_math_citation_names_a_section_of_docs_math():
+    sections = {int(n) for n in re.findall(r"^## (\d+)\. ", text(REPO / "docs/MATH.md"), re.M)}
+    assert sections == set(range(1, 17))
+    cited = set()
+    for path in SOURCES:
+        for n in re.findall(r"\bMATH (\d+)\b", text(path)):
+            assert int(n) in sections, f"{path} cites MATH {n}"
+            cited.add(int(n))
+    assert cited == sections, f"sections nobody cites: {sections - cited}"
+    assert not any("reference/MATH.md" in text(p) for p in SOURCES if p.name != "test_docs.py")
+
+
+def test_every_readme_section_the_code_points_to_exists():
+    readme = text(REPO / "README.md")
+    headings = set(re.findall(r"^#+ (.+?)\s*$", readme, re.M))
+    leads = set(re.findall(r"^\*\*(.+?)\.\*\*", readme, re.M))  # bold paragraph leads
+    names = {h.replace("`", "") for h in headings | leads}
+    for path in SOURCES:
+        for name in re.findall(r'README, "([^"]+)"', text(path)):
+            assert name in names, f"{path} points to README section {name!r}"

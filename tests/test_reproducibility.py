@@ -1,0 +1,88 @@
+"""The committed results reproduce: one committed training group of mnist-5k, retrained from
+scratch by the real workflow, against its committed records.
+
+What is promised (README, "Reproducibility"): bit-identical weights on a CPU of the same model
+with the same code paths (the reproducible mode pins them; the committed provenance names the
+CPU), else agreement within the spread of the committed seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, copy_workflow, snakemake
+
+from nemon.config import REPRODUCIBLE_ENV
+from nemon.training import provenance
+
+pytestmark = pytest.mark.e2e
+
+DATASET = "mnist-5k"
+MODEL, OBJECTIVE, GAMMA, SEED = "nemon", "lipschitz", 0.5, 0
+COMMITTED = REPO / "results" / DATASET / "models" / MODEL / OBJECTIVE
+
+
+def committed_group() -> list:
+    exp = yaml.safe_load((REPO / "config.yaml").read_text())["experiments"]["paper"]
+    return [
+        COMMITTED / f"g{GAMMA!r}_l{float(lam)!r}_s{SEED}" / "metrics.json" for lam in exp["lam"]
+    ]
+
+
+def seed_spread(lam: float, key: str) -> float:
+    values = [
+        json.loads(p.read_text())[key]
+        for p in COMMITTED.glob(f"g{GAMMA!r}_l{float(lam)!r}_s*/metrics.json")
+    ]
+    return statistics.stdev(values) if len(values) > 1 else float("inf")
+
+
+def test_a_committed_training_group_retrained_from_scratch_reproduces(tmp_path):
+    files = committed_group()
+    if not all(f.is_file() for f in files):
+        pytest.skip(f"the committed {DATASET} results lack the group {files[0].parent.parent}")
+    wf = copy_workflow(tmp_path / "repro")
+    targets = [
+        f"repro/results/{DATASET}/{f.relative_to(REPO / 'results' / DATASET)}" for f in files
+    ]
+    r = snakemake(
+        *targets,
+        "--cores",
+        "1",
+        "--config",
+        f"dataset={DATASET}",
+        "output_prefix=repro/",
+        cwd=wf,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    here = provenance(str(REPO), "cpu", 1)
+    for committed_file, target in zip(files, targets, strict=True):
+        old = json.loads(committed_file.read_text())
+        new = json.loads((wf / target).read_text())
+        old_p, new_p = old["provenance"], new["provenance"]
+        assert new_p["environment"] == REPRODUCIBLE_ENV  # the workflow's reproducible mode
+        same_path = (
+            old_p.get("cpu") == here["cpu"]
+            and old_p.get("cpu_capability") == new_p["cpu_capability"]
+            and old_p.get("environment") == new_p["environment"]
+            and old_p.get("torch") == torch.__version__
+            and old_p.get("threads") == new_p["threads"]
+        )
+        if same_path:  # the promise: bit-identical weights and curves
+            assert new["model_sha256"] == old["model_sha256"], committed_file
+            for a, b in zip(old["history"], new["history"], strict=True):
+                a.pop("seconds"), b.pop("seconds")
+                assert a == b, committed_file
+        else:  # another CPU or torch: within the committed seeds' spread
+            for key in ("final_train_loss", "lipschitz_bound"):
+                spread = seed_spread(old["lam"], key)
+                assert abs(new[key] - old[key]) <= 3 * spread, (committed_file, key, spread)
+            print(
+                f"{committed_file}: other CPU ({old_p.get('cpu')} vs {here['cpu']}): compared "
+                "within 3 seed SDs"
+            )
