@@ -27,6 +27,9 @@ include: "workflow/rules/aggregation.smk"
 include: "workflow/rules/figures.smk"
 
 
+check_device_against_gpus()
+
+
 localrules:
     all,
     summarise,

@@ -130,6 +130,12 @@ def test_a_nested_key_can_be_overridden_from_the_command_line(wf):
     assert r.returncode != 0 and "training.epochs: 'x' is not a number" in r.stdout + r.stderr
 
 
+def test_a_gpu_profile_with_a_cpu_config_is_refused_before_any_job(wf):
+    r = snakemake("-n", "--profile", "profiles/slurm-gpu", "--config", "device=cpu", cwd=wf)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "device = cpu, but the profile gives rule(s)" in out, out
+
+
 def test_smoke_profile_runs_from_another_working_directory(wf, tmp_path):
     r = snakemake(
         "-n",

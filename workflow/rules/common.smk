@@ -91,6 +91,25 @@ def forward_runtime_settings(generic, specific):
             rs.__dict__.pop(parsed, None)  # a cached_property: parse again
 
 
+def check_device_against_gpus():
+    """Refuse a profile that gives training or evaluation jobs GPUs the config will not use."""
+    if not config["device"] == "cpu":
+        return
+    with_gpu = sorted(
+        r.name
+        for r in workflow.rules
+        if r.name.startswith(("train_", "evaluate_"))
+        and (res := r.resources.get("gpu")) is not None
+        and getattr(res, "value", res)
+    )
+    if with_gpu:
+        raise WorkflowError(
+            f"invalid config: device = cpu, but the profile gives rule(s) {', '.join(with_gpu)} "
+            "a GPU (resources gpu=...), which the jobs would hold unused. Set device: auto or "
+            "cuda, or use a profile without GPUs (profiles/slurm)."
+        )
+
+
 def final_targets():
     d, p = config["dataset"], OUT
     tables = [f"{p}results/{d}/summary.csv", f"{p}results/{d}/robustness.csv"]
