@@ -1,0 +1,198 @@
+"""The README's results tables, computed from the committed tidy tables (nothing else).
+
+    python -m nemon.results results/fashion-mnist     # Markdown tables for one data set
+
+Seeds are aggregated as mean ± standard deviation. Every claim about a trend is a *paired*
+difference: models of one group share their initial weights and data order (same seed), so
+the difference between two grid points is taken seed by seed, and reported as its mean with a
+95% t-interval over the seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+KEYS = ["model", "objective", "gamma", "lam", "eps_t"]
+
+# (column name, attack, eps, inputs: "test" or "subset") of the summary tables
+INSTRUMENTS = [
+    ("inversion 0.3", "inversion", 0.3, "test"),
+    ("PGD 0.1", "pgd", 0.1, "subset"),
+    ("AutoAttack 0.1", "autoattack", 0.1, "subset"),
+    ("certified 0.05", "certified_interval", 0.05, "test"),
+    ("certified 0.1", "certified_interval", 0.1, "test"),
+]
+
+# 97.5% quantile of Student's t for n - 1 degrees of freedom (n = 2..10)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def load(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    folder = Path(folder)
+    return pd.read_csv(folder / "summary.csv"), pd.read_csv(folder / "robustness.csv")
+
+
+def per_model(summary: pd.DataFrame, robustness: pd.DataFrame) -> pd.DataFrame:
+    """One row per model: its summary columns and one column per instrument of INSTRUMENTS."""
+    out = summary.copy()
+    for name, attack, eps, inputs in INSTRUMENTS:
+        rows = robustness[(robustness["attack"] == attack) & (robustness["eps"] == eps)]
+        on_test = rows["inputs"] == "test"
+        rows = rows[on_test] if inputs == "test" else rows[~on_test]
+        if rows.empty:
+            continue
+        col = rows[[*KEYS, "seed", "accuracy", "degenerate"]].rename(
+            columns={"accuracy": name, "degenerate": f"{name} degenerate"}
+        )
+        out = out.merge(col, on=[*KEYS, "seed"], how="left", validate="one_to_one")
+    return out
+
+
+def fmt(mean: float, sd: float, digits: int = 3) -> str:
+    if not math.isfinite(mean):
+        return "-"
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}" if sd > 0 else f"{mean:.{digits}f}"
+
+
+def seed_summary(models: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Mean ± SD over seeds of ``columns`` per configuration (and the number of seeds)."""
+    g = models.groupby(KEYS, sort=True)
+    rows = []
+    for key, part in g:
+        row = dict(zip(KEYS, key, strict=True))
+        row["seeds"] = len(part)
+        for c in columns:
+            if c in part:
+                row[c] = fmt(part[c].mean(), part[c].std(ddof=1) if len(part) > 1 else 0.0)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_difference(
+    models: pd.DataFrame, column: str, change: dict, base: dict, by: Sequence[str] = ("seed",)
+) -> tuple[float, float, float, int]:
+    """Mean of ``column``(change) - ``column``(base), seed by seed, and its 95% t-interval."""
+
+    def pick(sel: dict) -> pd.Series:
+        m = models
+        for k, v in sel.items():
+            m = m[m[k] == v]
+        return m.set_index(list(by))[column]
+
+    d = (pick(change) - pick(base)).dropna()
+    n = len(d)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    mean = float(d.mean())
+    if n == 1:
+        return mean, math.nan, math.nan, 1
+    half = T975.get(n - 1, 1.96) * float(d.std(ddof=1)) / math.sqrt(n)
+    return mean, mean - half, mean + half, n
+
+
+def fmt_diff(mean: float, lo: float, hi: float, n: int) -> str:
+    if n == 0:
+        return "-"
+    if n == 1 or not math.isfinite(lo):
+        return f"{mean:+.3f} (n = 1)"
+    return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_cell(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def report(folder: str | Path) -> str:
+    """Every README table of one data set, as Markdown."""
+    summary, robustness = load(folder)
+    models = per_model(summary, robustness)
+    inst = [name for name, *_ in INSTRUMENTS if name in models]
+    parts = []
+    paper = models[(models["model"] == "nemon") & (models["objective"] == "lipschitz")]
+    cols = ["clean_acc", "lipschitz_bound", "lipschitz_tightness", *inst]
+    t = seed_summary(paper, cols).drop(columns=["model", "objective", "eps_t"])
+    parts.append("Paper grid (nemon, lipschitz objective), mean ± SD over seeds:\n\n" + markdown(t))
+    others = models[~((models["model"] == "nemon") & (models["objective"] == "lipschitz"))]
+    others = pd.concat([others, paper[paper["lam"].isin([0.0, 0.01])]])
+    t = seed_summary(others, ["clean_acc", *inst])
+    parts.append("Certified training and baselines, mean ± SD over seeds:\n\n" + markdown(t))
+    rows = []
+    for gamma in sorted(paper["gamma"].unique()):
+        for lam in sorted(paper["lam"].unique()):
+            if lam == 0:
+                continue
+            row = {"gamma": gamma, "lam": lam}
+            for c in ["clean_acc", *[i for i in inst if i != "certified 0.1"]]:
+                base = {"model": "nemon", "objective": "lipschitz", "gamma": gamma, "lam": 0.0}
+                change = {**base, "lam": lam}
+                row[c] = fmt_diff(*paired_difference(models, c, change, base))
+            rows.append(row)
+    parts.append(
+        "Effect of lam against lam = 0 (same gamma and seed): mean paired difference "
+        "[95% t-interval]:\n\n" + markdown(pd.DataFrame(rows))
+    )
+    rows = []
+    for eps_t in sorted(models.loc[models["objective"] == "interval", "eps_t"].unique()):
+        for gamma in sorted(
+            models.loc[
+                (models["objective"] == "interval") & (models["model"] == "nemon"), "gamma"
+            ].unique()
+        ):
+            row = {"eps_t": eps_t, "nemon gamma": gamma}
+            for c in ["clean_acc", *inst]:
+                change = {"model": "nemon", "objective": "interval", "gamma": gamma, "eps_t": eps_t}
+                base = {"model": "mlp", "objective": "interval", "eps_t": eps_t}
+                row[c] = fmt_diff(*paired_difference(models, c, change, base))
+            rows.append(row)
+    if rows:
+        parts.append(
+            "Interval-trained NEMON minus interval-trained MLP (same eps_t and seed):\n\n"
+            + markdown(pd.DataFrame(rows))
+        )
+    conv = (
+        models.groupby(["model", "objective"])
+        .agg(
+            models=("seed", "size"),
+            converged=("training_converged", "sum"),
+            max_loss_change=("loss_rel_change", "max"),
+            max_bound_change=("bound_rel_change", "max"),
+        )
+        .reset_index()
+    )
+    parts.append("Convergence record (last epoch):\n\n" + markdown(conv))
+    deg = robustness[robustness["degenerate"] & (robustness["inputs"] == "test")]
+    counts = deg.groupby(["attack", "eps"]).size().reset_index(name="degenerate models")
+    parts.append(
+        "Degenerate rows (one class >= 90% of predictions), full test set:\n\n" + markdown(counts)
+    )
+    return "\n\n".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m nemon.results",
+        description="The README's results tables of one data set, from its summary.csv and "
+        "robustness.csv.",
+    )
+    p.add_argument("folder", help="results/<dataset> (holding summary.csv and robustness.csv)")
+    args = p.parse_args(argv)
+    print(report(args.folder))
+
+
+if __name__ == "__main__":
+    main()
