@@ -258,8 +258,6 @@ def train_stack(
     Y = train_y.to(device=device, dtype=torch.long)
     if X.shape[0] != Y.shape[0]:
         raise ValueError(f"{X.shape[0]} training images but {Y.shape[0]} labels")
-    # normalised once, not per batch (MATH 1); the interval objective also needs the pixels
-    Xn = stack.normalise(X)
     weights = torch.tensor(objective.weights, dtype=dtype, device=device)
     zero = torch.zeros_like(weights)
     opt = torch.optim.Adam(stack.parameters(), lr=schedule.lr, fused=device.type in ("cpu", "cuda"))
@@ -309,7 +307,8 @@ def train_stack(
         ramp = 0.0
         for step, idx in enumerate(bar, start=1):
             ramp = objective.progress(((epoch - 1) + (step - 1) / steps) / schedule.epochs)
-            u_n, labels = Xn[idx], Y[idx]
+            u, labels = X[idx], Y[idx]
+            u_n = stack.normalise(u)  # per batch: cheaper than a normalised copy of the data
             lam = weights if objective.name == "lipschitz" else zero
             if isinstance(stack, ModelStack):  # the whole clean objective in one node
                 loss, ce, logits = stack.lipschitz_loss(u_n, labels, lam)
@@ -320,7 +319,6 @@ def train_stack(
                     loss = ce + lam * stack.lipschitz_bound()
             if objective.name == "interval" and ramp > 0 and objective.kappa > 0:
                 eps = (ramp * weights)[:, None, None]
-                u = X[idx]
                 lo = stack.normalise((u - eps).clamp(0.0, 1.0))
                 hi = stack.normalise((u + eps).clamp(0.0, 1.0))
                 worst = _ce(stack.worst_case_logits(lo, hi, labels), labels)
