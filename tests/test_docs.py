@@ -39,5 +39,5 @@ def test_every_readme_section_the_code_points_to_exists():
     leads = set(re.findall(r"^\*\*(.+?)\.\*\*", readme, re.M))  # bold paragraph leads
     names = {h.replace("`", "") for h in headings | leads}
     for path in SOURCES:
-        for name in re.findall(r'README, "([^"]+)"', text(path)):
+        for name in re.findall(r'README, ["]([^"]+)["]', text(path)):
             assert name in names, f"{path} points to README section {name!r}"

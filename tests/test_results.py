@@ -32,7 +32,7 @@ def test_paired_difference_is_the_seedwise_mean_with_a_t_interval():
 def test_report_builds_every_table_from_the_tidy_tables(tmp_path):
     summary, robustness = tables()
     models = per_model(summary, robustness)
-    assert {"PGD 0.1", "certified 0.1"} <= set(models.columns)
+    assert {"PGD 0.1", "Lipschitz cert 0.05", "interval cert 0.1"} <= set(models.columns)
     s = seed_summary(models, ["clean_acc"])
     assert (s["seeds"] == 3).all()
     summary.to_csv(tmp_path / "summary.csv", index=False)
