@@ -39,9 +39,10 @@ def _trained_state() -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def trained_model(tol: float = 1e-2, max_iter: int = 300) -> nemon.NEMON:
+def trained_model(tol: float = 1e-2, max_iter: int = 300, stop: str = "step") -> nemon.NEMON:
     """A float64 NEMON trained on toy_data (cached weights), with a loose training tolerance."""
-    model = nemon.NEMON(M, 16, CLASSES, gamma=0.5, tol=tol, max_iter=max_iter).double()
+    model = nemon.NEMON(M, 16, CLASSES, gamma=0.5, tol=tol, max_iter=max_iter, stop=stop)
+    model = model.double()
     model.load_state_dict(_trained_state())
     return model
 
@@ -65,12 +66,14 @@ class SolverSpy:
 
     def __init__(self, monkeypatch, fail_after: int | None = None) -> None:
         self.calls: list[tuple[float, int]] = []
+        self.stops: list[str] = []
         self.fail_after = fail_after
         self._solve = nemon.core.solve_members
         monkeypatch.setattr(nemon.core, "solve_members", self)
 
     def __call__(self, make_F, x0, *, tol, max_iter, **kw):
         self.calls.append((tol, max_iter))
+        self.stops.append(kw.get("stop", "step"))
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise RuntimeError("spy: planned failure")
         return self._solve(make_F, x0, tol=tol, max_iter=max_iter, **kw)
