@@ -19,7 +19,6 @@ from nemon.contracts import (
     read_json_record,
     write_json,
 )
-from nemon.errors import ConfigurationError
 from nemon.evaluation import EvalSettings, evaluate_model
 from nemon.fileio import atomic_write_text
 from nemon.training import provenance, resolve_device
@@ -29,13 +28,7 @@ sys.stderr = sys.stdout = open(smk.log[0], "w", buffering=1)
 
 w, p = smk.wildcards, smk.params
 torch.set_num_threads(smk.threads)
-device = resolve_device(p.device)
-if smk.resources.get("gpu", 0) and device.type != "cuda":
-    raise ConfigurationError(
-        f"this job was given {smk.resources['gpu']} GPU(s) but runs on {device}: torch sees no "
-        "CUDA device here (a CPU-only torch, or no GPU on the node); install a CUDA build of "
-        "torch or use a profile without GPUs"
-    )
+device = resolve_device(p.device, gpus=smk.resources.get("gpu", 0))
 ds = load_prepared(smk.input.data, expected_name=w.dataset)
 settings = EvalSettings.from_config(p.evaluation)
 prov = provenance(smk.scriptdir, device, smk.threads)

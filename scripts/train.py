@@ -11,7 +11,6 @@ import torch
 
 from nemon.cache import load_prepared
 from nemon.contracts import build_model, point_keys, save_model, write_json
-from nemon.errors import ConfigurationError
 from nemon.training import (
     Objective,
     Schedule,
@@ -30,13 +29,7 @@ w, p = smk.wildcards, smk.params
 tr = p.training
 opt = tr[p.objective]
 torch.set_num_threads(smk.threads)
-device = resolve_device(p.device)
-if smk.resources.get("gpu", 0) and device.type != "cuda":
-    raise ConfigurationError(
-        f"this job was given {smk.resources['gpu']} GPU(s) but runs on {device}: torch sees no "
-        "CUDA device here (a CPU-only torch, or no GPU on the node); install a CUDA build of "
-        "torch or use a profile without GPUs"
-    )
+device = resolve_device(p.device, gpus=smk.resources.get("gpu", 0))
 ds = load_prepared(smk.input.data, expected_name=w.dataset)
 gamma, seed = float(w.gamma), int(w.seed)
 keys = [point_keys(w.dataset, p.model, p.objective, gamma, x, seed) for x in p.weights]

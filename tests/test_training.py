@@ -12,6 +12,7 @@ from nemon.training import (
     Objective,
     Schedule,
     provenance,
+    resolve_device,
     seed_everything,
     summarise_history,
     train,
@@ -410,3 +411,12 @@ def test_a_diverging_run_names_epoch_and_step_and_keeps_its_last_good_checkpoint
         )
     state = nemon.contracts.load_checkpoint(ckpt)
     assert state["epoch"] == 1 and len(state["histories"][0]) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no GPU exists")
+def test_a_job_given_gpus_that_torch_cannot_see_is_refused_naming_them():
+    assert resolve_device("auto").type == "cpu"
+    assert resolve_device("cpu", gpus=0).type == "cpu"
+    for device in ("auto", "cpu"):
+        with pytest.raises(nemon.ConfigurationError, match="given 1 GPU"):
+            resolve_device(device, gpus=1)

@@ -20,7 +20,7 @@ check that an attack was run as reported.
 A model is anything with the protocol of :class:`nemon.NEMON`: ``model(u)``
 takes pixels in ``[0, 1]`` (any shape that flattens to the input size) and
 returns logits, differentiable in ``u``; optionally ``solver_settings(tol=,
-max_iter=)`` (a context manager), ``tol``, and the :class:`SolverStats`
+max_iter=, stop=)`` (a context manager), ``tol``, and the :class:`SolverStats`
 records ``last_stats`` / ``last_backward_stats``. A model without them (a
 plain MLP) is treated as having no solver.
 """
@@ -28,7 +28,6 @@ plain MLP) is treated as having no solver.
 from __future__ import annotations
 
 import copy
-import inspect
 import itertools
 import math
 import time
@@ -335,10 +334,7 @@ def _solving_at(model: nn.Module, tol: float, max_iter: int) -> Iterator[None]:
     if settings is None:  # no solver: nothing to set
         yield
         return
-    kwargs = {"tol": tol, "max_iter": max_iter}
-    if "stop" in inspect.signature(settings).parameters:
-        kwargs["stop"] = "step"
-    with settings(**kwargs):
+    with settings(tol=tol, max_iter=max_iter, stop="step"):
         yield
 
 

@@ -546,18 +546,29 @@ def seed_everything(seed: int) -> None:
 CODE_PATHS = ("src", "scripts", "workflow", "Snakefile", "pyproject.toml")
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` picks CUDA where available, else the CPU; anything else is passed to torch."""
+def resolve_device(device: str, gpus: int = 0) -> torch.device:
+    """``"auto"`` picks CUDA where available, else the CPU; anything else is passed to torch.
+
+    ``gpus``: how many GPUs the job was given (a profile's ``gpu`` resource); a job given
+    GPUs that resolves to anything but CUDA is refused rather than holding them unused.
+    """
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ConfigurationError(f"unknown device {device!r}: use auto, cpu or cuda[:N]") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ConfigurationError(f"unknown device {device!r}: use auto, cpu or cuda[:N]") from e
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigurationError(
+                f"device={device!r} asked for CUDA but torch.cuda.is_available() is False; "
+                "use device: auto or cpu"
+            )
+    if gpus and dev.type != "cuda":
         raise ConfigurationError(
-            f"device={device!r} asked for CUDA but torch.cuda.is_available() is False; "
-            "use device: auto or cpu"
+            f"this job was given {gpus} GPU(s) but runs on {dev}: torch sees no CUDA device "
+            "here (a CPU-only torch, or no GPU on the node); install a CUDA build of torch or "
+            "use a profile without GPUs"
         )
     return dev
 
