@@ -57,7 +57,12 @@ objective = Objective(
     **({k: opt[k] for k in ("kappa", "warmup", "ramp")} if p.objective == "interval" else {}),
 )
 schedule = Schedule(
-    tr["epochs"], tr["batch_size"], opt["lr"], tuple(opt["lr_milestones"]), opt["lr_factor"]
+    tr["epochs"],
+    tr["batch_size"],
+    opt["lr"],
+    tuple(opt["lr_milestones"]),
+    opt["lr_factor"],
+    tr["extra_epochs"],
 )
 names = [
     f"{p.objective.replace('lipschitz', 'lam').replace('interval', 'eps_t')}={x:g}"

@@ -28,7 +28,7 @@ CONFIG = {
         "paper": {"model": "nemon", "objective": "lipschitz", "gamma": [0.5], "lam": [0.0, 0.01]}
     },
     "seeds": [0],
-    "training": {"epochs": 12},
+    "training": {"epochs": 12, "extra_epochs": 0},
 }
 GROUP = "out/results/mnist-5k/models/nemon/lipschitz"
 TARGETS = [f"{GROUP}/g0.5_l{lam}_s0/metrics.json" for lam in ("0.0", "0.01")]

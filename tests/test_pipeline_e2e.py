@@ -80,7 +80,12 @@ def check_summary(summary: pd.DataFrame) -> None:
     assert (summary["lipschitz_bound"] > 0).all() and (summary["lipschitz_tightness"] >= 1).all()
     assert (nemons["fwd_iters_mean"] >= 1).all()
     assert (summary[summary["model"] == "mlp"]["fwd_iters_mean"] == 0).all()
-    assert (summary["epochs"] == SMOKE["training"]["epochs"]).all()
+    # a model trains past the schedule only while it misses the convergence record
+    tr = SMOKE["training"]
+    extended = summary["epochs"] > tr["epochs"]
+    assert summary["epochs"].between(tr["epochs"], tr["epochs"] + tr["extra_epochs"]).all()
+    ran_out = summary["epochs"] == tr["epochs"] + tr["extra_epochs"]
+    assert (summary.loc[extended & ~ran_out, "training_converged"]).all()
     assert (summary["not_converged"] == 0).all() and (summary["clean_not_converged"] == 0).all()
 
 
@@ -131,7 +136,7 @@ def check_model_folders(workdir: Path) -> None:
     for d, p in zip(POINT_DIRS, POINTS, strict=True):
         folder = workdir / d
         metrics = read_json_record(folder / "metrics.json", METRICS_SCHEMA, expect=p, fix="-")
-        assert len(metrics["history"]) == SMOKE["training"]["epochs"]
+        assert len(metrics["history"]) == metrics["epochs"] >= SMOKE["training"]["epochs"]
         prov = metrics["provenance"]
         assert prov["torch"] == torch.__version__ and prov["nemon"] == nemon.__version__
         assert prov["git_commit"] == "unknown"  # the temporary copy is not a git checkout

@@ -99,6 +99,107 @@ def test_a_stack_member_trains_as_it_would_alone_up_to_rounding():
             torch.testing.assert_close(together[name], p, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def extended_run(extra, checkpoint=None, log=None):
+    """8 epochs of which the last 4 at 1e-3: lam 1e-2 meets the convergence record, 0.3 and 1
+    need one and three extra epochs (measured)."""
+    x, y = toy_data()
+    lams = (1e-2, 3e-1, 1.0)
+    stack = ModelStack([new_model(11) for _ in lams])
+    sched = Schedule(8, 50, 1e-2, (0.5,), 0.1, extra_epochs=extra)
+    res = train_stack(
+        stack,
+        x,
+        y,
+        objective=Objective("lipschitz", lams),
+        schedule=sched,
+        seed=11,
+        progress=False,
+        checkpoint=checkpoint,
+        **({"log": log} if log else {}),
+    )
+    return stack, res
+
+
+def test_extra_epochs_train_on_only_the_members_that_missed_the_record():
+    plain, base = extended_run(0)
+    logs = []
+    stack, res = extended_run(3, log=logs.append)
+    record = [summarise_history(h)["training_converged"] for h in base.histories]
+    assert True in record and False in record, "the toy setting must mix both cases"
+    for k, converged in enumerate(record):
+        hist = res.histories[k]
+        same = [{**h, "seconds": hist[i]["seconds"]} for i, h in enumerate(base.histories[k])]
+        assert hist[:8] == same
+        if converged:  # frozen: bit-identical to the run without the extension
+            assert len(hist) == 8
+            assert torch.equal(stack.flat[k], plain.flat[k])
+        else:
+            assert 8 < len(hist) <= 11
+            assert [h["epoch"] for h in hist] == list(range(1, len(hist) + 1))
+            assert all(h["lr"] == pytest.approx(1e-3) for h in hist[8:])
+            # it stopped because it met the record, or because the extra epochs were spent
+            assert summarise_history(hist)["training_converged"] or len(hist) == 11
+            for e in range(8, len(hist)):
+                assert not summarise_history(hist[:e])["training_converged"]
+            assert not torch.equal(stack.flat[k], plain.flat[k])
+    assert any(
+        m.startswith("extra epoch 1/3: ") and "missed the convergence record" in m for m in logs
+    )
+
+
+def test_resuming_inside_the_extra_epochs_is_bit_identical(tmp_path):
+    straight, ref = extended_run(3)
+    assert max(len(h) for h in ref.histories) > 9, "the toy setting must need two extra epochs"
+
+    class Stop(Exception):
+        pass
+
+    def stop(msg):
+        if msg.startswith("extra epoch 2/"):
+            raise Stop
+
+    ckpt = tmp_path / "group.checkpoint.pt"
+    with pytest.raises(Stop):
+        extended_run(3, checkpoint=ckpt, log=stop)
+    resumed, res = extended_run(3, checkpoint=ckpt, log=lambda m: None)
+    assert res.resumed_from == 9
+    assert torch.equal(resumed.flat, straight.flat)
+    assert [len(h) for h in res.histories] == [len(h) for h in ref.histories]
+
+
+@pytest.mark.parametrize("kind", ["stack", "modules"])
+def test_frozen_members_do_not_move_under_adam_momentum(kind):
+    from nemon.training import ModuleStack, _freezer
+
+    x, _ = toy_data(n=20)
+    if kind == "stack":
+        stack = ModelStack([new_model(s) for s in (1, 2)])
+    else:
+        seed_everything(1)
+        stack = ModuleStack([nemon.MON(20, 10, 3, gamma=0.5, tol=1e-6) for _ in range(2)])
+    before = [[p.detach().clone() for p in m.parameters()] for m in stack.members()]
+    opt = torch.optim.Adam(stack.parameters(), lr=1e-2)
+    u = stack.normalise(x.float() / 255)
+    stack.logits(u).square().sum().backward()
+    opt.step()  # momentum from here on, even with zero gradients
+    moved = [[p.detach().clone() for p in m.parameters()] for m in stack.members()]
+    restore = _freezer(stack, [0])
+    opt.zero_grad()
+    stack.logits(u).square().sum().backward()
+    opt.step()
+    restore()
+    after = [[p.detach() for p in m.parameters()] for m in stack.members()]
+    assert all(torch.equal(a, b) for a, b in zip(after[0], moved[0], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(after[1], moved[1], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(moved[0], before[0], strict=True))
+
+
+def test_a_negative_or_fractional_extra_epochs_is_refused():
+    for bad in (-1, 1.5, True):
+        with pytest.raises(nemon.ConfigurationError, match="extra_epochs"):
+            Schedule(epochs=2, batch_size=50, lr=1e-3, extra_epochs=bad)
+
+
 def test_mlp_stack_trains_and_its_bound_is_the_a_zero_case():
     x, y = toy_data()
     model = new_model(0, kind="mlp")

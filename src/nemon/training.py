@@ -13,7 +13,11 @@ mini-batch is
   ``warmup`` fraction of the epochs, then grow linearly over ``ramp``, then hold.
 
 The learning rate is multiplied by ``lr_factor`` at each milestone (fractions of
-the epochs). Every epoch ends with a checkpoint (weights, optimiser, data-order
+the epochs). A member whose last scheduled epoch misses the convergence record
+(:func:`summarise_history`) trains on, one epoch at a time at the final learning
+rate, until it meets it or ``extra_epochs`` are spent; members that met it are
+frozen meanwhile (their weights restored after every step), so they end exactly
+as without the extension. Every epoch ends with a checkpoint (weights, optimiser, data-order
 generator, history); a rerun resumes from it and gives bit-identical weights on
 the CPU. A non-finite loss or weight stops the run with an error naming the
 member, epoch and step, keeping the last good checkpoint for inspection.
@@ -54,12 +58,16 @@ class Schedule:
     lr: float
     lr_milestones: tuple[float, ...] = ()
     lr_factor: float = 0.1
+    extra_epochs: int = 0  # at most this many more for a member that missed the record
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigurationError(f"{name} must be an integer >= 1, got {name}={v!r}")
+        v = self.extra_epochs
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigurationError(f"extra_epochs must be an integer >= 0, got {v!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ConfigurationError(f"lr must be a positive finite number, got lr={self.lr!r}")
         if not (math.isfinite(self.lr_factor) and 0 < self.lr_factor <= 1):
@@ -71,7 +79,9 @@ class Schedule:
                 )
 
     def lr_at(self, epoch: int) -> float:
-        """Learning rate of epoch ``epoch`` (1-based): decayed once per milestone passed."""
+        """Learning rate of epoch ``epoch`` (1-based): decayed once per milestone passed.
+
+        Extra epochs (``epoch > epochs``) run at the final rate."""
         passed = sum(1 for m in self.lr_milestones if epoch > round(m * self.epochs))
         return self.lr * self.lr_factor**passed
 
@@ -288,7 +298,26 @@ def train_stack(
     resumed_from = start - 1
     n = len(X)
     steps = math.ceil(n / schedule.batch_size)
-    for epoch in range(start, schedule.epochs + 1):
+    epoch = start - 1
+    while True:
+        epoch += 1
+        active = _active_members(histories, epoch, schedule.epochs)
+        if epoch > schedule.epochs + schedule.extra_epochs or not any(active):
+            break
+        extra = epoch > schedule.epochs
+        label = (
+            f"extra epoch {epoch - schedule.epochs}/{schedule.extra_epochs}"
+            if extra
+            else f"epoch {epoch}/{schedule.epochs}"
+        )
+        if extra:
+            log(
+                f"{label}: "
+                + ", ".join(names[k] for k in range(K) if active[k])
+                + " missed the convergence record (loss change < 3%, bound change < 5%); "
+                "the others are frozen"
+            )
+        restore = _freezer(stack, [k for k in range(K) if not active[k]])
         lr = schedule.lr_at(epoch)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -299,14 +328,15 @@ def train_stack(
         order = torch.randperm(n, generator=gen).to(device)
         bar = tqdm(
             order.split(schedule.batch_size),
-            desc=f"epoch {epoch}/{schedule.epochs}",
+            desc=label,
             unit="batch",
             disable=not progress,
             mininterval=5.0,
         )
         ramp = 0.0
         for step, idx in enumerate(bar, start=1):
-            ramp = objective.progress(((epoch - 1) + (step - 1) / steps) / schedule.epochs)
+            t = ((epoch - 1) + (step - 1) / steps) / schedule.epochs
+            ramp = objective.progress(min(t, 1.0))
             u, labels = X[idx], Y[idx]
             u_n = stack.normalise(u)  # per batch: cheaper than a normalised copy of the data
             lam = weights if objective.name == "lipschitz" else zero
@@ -337,6 +367,7 @@ def train_stack(
                     "checkpoint is kept for inspection" + (f" ({checkpoint})" if checkpoint else "")
                 )
             opt.step()
+            restore()
             its = _iterations(stack)
             correct = values[2 * K :]
             b = len(idx)
@@ -359,6 +390,8 @@ def train_stack(
             # at the training tolerance: a cheap learning curve, not the reported number
             test_acc = stack_accuracy(stack, test_x, test_y)
         for k in range(K):
+            if not active[k]:
+                continue
             histories[k].append(
                 {
                     "epoch": epoch,
@@ -380,10 +413,11 @@ def train_stack(
                 }
             )
         log(
-            f"epoch {epoch}/{schedule.epochs} ({seconds:.1f} s, lr {lr:g}): "
+            f"{label} ({seconds:.1f} s, lr {lr:g}): "
             + "; ".join(
                 f"{names[k]} loss {histories[k][-1]['train_loss']:.4f} bound {bounds[k]:.4g}"
                 for k in range(K)
+                if active[k]
             )
         )
         if checkpoint is not None:
@@ -400,6 +434,43 @@ def train_stack(
                 checkpoint,
             )
     return TrainResult(histories, elapsed, resumed_from)
+
+
+def _active_members(histories: Sequence[Sequence[dict]], epoch: int, epochs: int) -> list[bool]:
+    """Who trains in ``epoch``: everyone within the schedule; after it, whoever trained the
+    previous epoch and still misses the convergence record."""
+    if epoch <= epochs:
+        return [True] * len(histories)
+    return [
+        len(h) == epoch - 1 and not summarise_history(h)["training_converged"] for h in histories
+    ]
+
+
+def _freezer(stack: nn.Module, frozen: Sequence[int]) -> Callable[[], None]:
+    """A function that puts the weights of the ``frozen`` members back as they are now.
+
+    Called after every optimiser step: Adam's momentum would move a member even with a zero
+    gradient, so freezing is restoring, which leaves a frozen member bit-identical."""
+    if not frozen:
+        return lambda: None
+    if isinstance(stack, ModelStack):
+        rows = torch.tensor(list(frozen), device=stack.flat.device)
+        saved = stack.flat.detach()[rows].clone()
+
+        def restore() -> None:
+            with torch.no_grad():
+                stack.flat[rows] = saved
+
+        return restore
+    params = [p for k in frozen for p in stack.items[k].parameters()]
+    copies = [p.detach().clone() for p in params]
+
+    def restore_items() -> None:
+        with torch.no_grad():
+            for p, c in zip(params, copies, strict=True):
+                p.copy_(c)
+
+    return restore_items
 
 
 def _mus(stack: nn.Module) -> list[float]:
@@ -493,6 +564,7 @@ def train(
     ramp: float = 0.25,
     lr_milestones: Sequence[float] = (),
     lr_factor: float = 0.1,
+    extra_epochs: int = 0,
     test_x: Tensor | None = None,
     test_y: Tensor | None = None,
     checkpoint: str | Path | None = None,
@@ -509,7 +581,7 @@ def train(
         raise ConfigurationError("lam belongs to objective='lipschitz'")
     weight = lam if objective == "lipschitz" else eps_t
     obj = Objective(objective, (float(weight),), kappa=kappa, warmup=warmup, ramp=ramp)
-    sched = Schedule(epochs, batch_size, lr, tuple(lr_milestones), lr_factor)
+    sched = Schedule(epochs, batch_size, lr, tuple(lr_milestones), lr_factor, extra_epochs)
     stack = make_stack([model])
     result = train_stack(
         stack,
