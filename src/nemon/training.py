@@ -314,8 +314,8 @@ def train_stack(
             log(
                 f"{label}: "
                 + ", ".join(names[k] for k in range(K) if active[k])
-                + " missed the convergence record (loss change < 3%, bound change < 5%); "
-                "the others are frozen"
+                + f" missed the convergence record (loss change < {LOSS_CHANGE_MAX:.0%}, "
+                f"bound change < {BOUND_CHANGE_MAX:.0%}); the others are frozen"
             )
         restore = _freezer(stack, [k for k in range(K) if not active[k]])
         lr = schedule.lr_at(epoch)
@@ -335,8 +335,7 @@ def train_stack(
         )
         ramp = 0.0
         for step, idx in enumerate(bar, start=1):
-            t = ((epoch - 1) + (step - 1) / steps) / schedule.epochs
-            ramp = objective.progress(min(t, 1.0))
+            ramp = objective.progress(((epoch - 1) + (step - 1) / steps) / schedule.epochs)
             u, labels = X[idx], Y[idx]
             u_n = stack.normalise(u)  # per batch: cheaper than a normalised copy of the data
             lam = weights if objective.name == "lipschitz" else zero
