@@ -118,6 +118,53 @@ def test_anderson_falls_back_safely_on_degenerate_history():
     torch.testing.assert_close(x, target, atol=1e-9, rtol=0)
 
 
+@pytest.mark.parametrize("stop", ["step", "bound"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_anderson_members_equal_each_member_alone(stop, seed):
+    # K = 3 systems with different contraction factors: each stops at its own count and
+    # ends where it ends alone (what lets a stack of models train with Anderson)
+    g = torch.Generator().manual_seed(seed)
+    K, N, n = 3, 6, 10
+    A = torch.randn(K, n, n, generator=g, dtype=torch.float64)
+    rho = [0.3, 0.8, 0.95]
+    A = A / A.abs().sum(dim=2).amax(dim=1)[:, None, None] * torch.tensor(rho)[:, None, None]
+    inj = torch.randn(K, N, n, generator=g, dtype=torch.float64)
+    At = A.transpose(1, 2)
+
+    def make_F(members):
+        a, z = (At, inj) if members is None else (At[members], inj[members])
+        return lambda x: torch.baddbmm(z, x, a).clamp(min=0)
+
+    kw = dict(tol=1e-9, max_iter=500, stop=stop)
+    x, recs, step = nemon.solvers.anderson_members(
+        make_F, torch.zeros_like(inj), alpha=[1.0] * K, rho=rho, **kw
+    )
+    its = []
+    for k in range(K):
+        F = make_F(torch.tensor([k]))
+        xk, st = nemon.get_solver("anderson")(
+            lambda v, F=F: F(v[None])[0],
+            torch.zeros_like(inj[k]),
+            alpha=1.0,
+            rho=rho[k],
+            err_norm=lambda d: d.abs().amax(dim=1),
+            **kw,
+        )
+        assert recs[k].converged and st.converged
+        assert recs[k].iterations == st.iterations, k
+        torch.testing.assert_close(x[k], xk, rtol=0, atol=1e-12)
+        its.append(st.iterations)
+    assert len(set(its)) == K  # the members really stop at different iterations
+    # the last step bounds the returned point's error (MATH 3): |x - x*| <= rho/(1-rho) |step|
+    x_star, _, _ = nemon.solvers.solve_members(
+        make_F, torch.zeros_like(inj), alpha=[1.0] * K, rho=rho, tol=1e-15, max_iter=5000
+    )
+    for k in range(K):
+        err = float((x[k] - x_star[k]).abs().amax())
+        bound = rho[k] / (1 - rho[k]) * float(step[k].abs().amax())
+        assert err <= bound + 1e-14, (k, err, bound)
+
+
 def picard_diverging_model(**kw):
     # A = -2 I (gamma = -2, T = 0): alpha* = 1/3 contracts, Picard oscillates without end.
     model = nemon.NEMON(2, 3, 2, gamma=-2.0, weighted=False, solver="picard", max_iter=50, **kw)

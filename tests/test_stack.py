@@ -15,7 +15,7 @@ from nemon.stack import ModelStack
 from nemon.training import _ce
 
 
-def members(kind, K=3, m=12, n=8, k=4):
+def members(kind, K=3, m=12, n=8, k=4, solver="average"):
     out = []
     for i in range(K):
         if kind == "mlp":
@@ -34,14 +34,23 @@ def members(kind, K=3, m=12, n=8, k=4):
                 max_iter=20000,
                 input_mean=0.3,
                 input_std=0.2,
+                solver=solver,
             )
             out.append(mod)
     return out
 
 
-@pytest.mark.parametrize("kind", ["nemon", "nemon-unweighted", "mlp"])
-def test_stack_loss_and_gradients_equal_each_member_alone(kind):
-    models = members(kind)
+@pytest.mark.parametrize(
+    ("kind", "solver"),
+    [
+        ("nemon", "average"),
+        ("nemon-unweighted", "average"),
+        ("mlp", "average"),
+        ("nemon", "anderson"),
+    ],
+)
+def test_stack_loss_and_gradients_equal_each_member_alone(kind, solver):
+    models = members(kind, solver=solver)
     stack = ModelStack(models)
     g = torch.Generator().manual_seed(0)
     u = torch.rand(10, 12, generator=g, dtype=torch.float64)
@@ -102,8 +111,9 @@ def test_stack_worst_case_logits_equal_each_member_alone(kind):
             torch.testing.assert_close(grads[name][i], gr, rtol=1e-7, atol=1e-9, msg=name)
 
 
-def test_members_round_trip_and_solves_stop_per_member():
-    models = members("nemon")
+@pytest.mark.parametrize("solver", ["average", "anderson"])
+def test_members_round_trip_and_solves_stop_per_member(solver):
+    models = members("nemon", solver=solver)
     stack = ModelStack(models)
     for i, m in enumerate(models):
         back = stack.member(i)

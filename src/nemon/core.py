@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .solvers import MemberSolve, anderson, solve_members
+from .solvers import MemberSolve, anderson_members, solve_members
 
 
 # --- MATH 2: the parametrisation ------------------------------------------------------------
@@ -141,29 +141,16 @@ def _solve(spec: LayerSpec, make_F, x0: Tensor, alpha, rho) -> tuple[Tensor, Sol
 
 
 def _solve_anderson(spec: LayerSpec, make_F, x0: Tensor, alpha, rho) -> tuple[Tensor, SolveRecord]:
-    # Anderson mixes iterates per system: one member at a time.
-    out = torch.empty_like(x0)
-    last = torch.empty_like(x0)
-    recs = []
-    for k in range(x0.shape[0]):
-        F = make_F(torch.tensor([k], device=x0.device))
-        xk, st = anderson(
-            lambda x, F=F: F(x[None])[0],
-            x0[k],
-            alpha=alpha[k],
-            rho=rho[k],
-            tol=spec.tol,
-            max_iter=spec.max_iter,
-            err_norm=lambda t: t.abs().amax(dim=-1),
-            stop=spec.stop,
-        )
-        # return G(x_k), with the step x_k -> G(x_k) that bounds its error (MATH 3): the
-        # bound rho / (1 - rho) * step holds for the image of the step, not for its start
-        step = alpha[k] * (F(xk[None])[0] - xk)
-        out[k] = xk + step
-        last[k] = step
-        recs.append(MemberSolve(st.iterations, st.residual, st.converged))
-    return out, SolveRecord("anderson", recs, alpha, rho, last if spec.keep_last_update else None)
+    # every member mixes its own history and stops by its own rule, in one batch
+    xk, recs, _ = anderson_members(
+        make_F, x0, alpha=alpha, rho=rho, tol=spec.tol, max_iter=spec.max_iter, stop=spec.stop
+    )
+    # return G(x_k), with the step x_k -> G(x_k) that bounds its error (MATH 3): the
+    # bound rho / (1 - rho) * step holds for the image of the step, not for its start
+    w = torch.tensor(list(alpha), dtype=x0.dtype, device=x0.device)[:, None, None]
+    step = (make_F(None)(xk) - xk).mul_(w)
+    out = xk + step
+    return out, SolveRecord("anderson", recs, alpha, rho, step if spec.keep_last_update else None)
 
 
 def _forward_factory(Amat: Tensor, inj: Tensor):
