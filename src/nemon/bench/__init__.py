@@ -20,9 +20,17 @@ The report prints the measured ratios (speed-up over torchdeq's fastest
 configuration at equal accuracy, fraction of the floor); the README states the
 targets they are read against.
 
+Two companions look at whole jobs rather than one epoch: ``python -m nemon.bench.groups``
+trains the workflow's jobs (a stack of the paper grid's ``lam`` values, the whole
+schedule) once per solver and compares time, iterations and the models it gives
+(:mod:`.groups`); ``python -m nemon.bench.floor results/<dataset>`` computes the flop
+floor of a trained grid from its ``metrics.json`` files, beside the measured training
+time (:mod:`.floor`).
+
 Layout: :mod:`.config` (what a row trains), :mod:`.datasets`, :mod:`.runs` (one
 row, in or out of process), :mod:`.torchdeq_adapter`, :mod:`.timing` (clocks,
-matmul rate, memory), :mod:`.report` (table, floor, ratios), :mod:`.cli`.
+matmul rate, memory), :mod:`.report` (table, floor, ratios), :mod:`.cli`,
+:mod:`.groups`, :mod:`.floor`.
 """
 
 from .cli import BenchReport, build_parser, main, run_benchmark
