@@ -21,9 +21,9 @@ from concurrent.futures import ProcessPoolExecutor
 import pandas as pd
 import torch
 
+from ..contracts import build_model
 from ..data import load_dataset, stratified_subset
 from ..errors import ConfigurationError
-from ..model import NEMON
 from ..solvers import SOLVERS
 from ..training import (
     Objective,
@@ -55,7 +55,10 @@ EVAL_TOL, EVAL_MAX_ITER = 1e-6, 5000
 def train_group(
     data: str, gamma: float, seed: int, solver: str, lams=LAMS, samples=None, **training
 ) -> dict:
-    """One job: the stack of ``lams`` at ``gamma``, ``seed`` trained with ``solver``."""
+    """One job: the stack of ``lams`` at ``gamma``, ``seed`` trained with ``solver``.
+
+    Built as ``scripts/train.py`` builds a job: :func:`~nemon.contracts.build_model`
+    per member, every member from the seed's initial weights."""
     torch.set_num_threads(1)
     tr = {**TRAINING, **training}
     ds = load_dataset(data, progress=False)
@@ -67,17 +70,15 @@ def train_group(
     for _ in lams:
         seed_everything(seed)
         members.append(
-            NEMON(
-                IN_FEATURES,
-                HIDDEN,
-                OUT_FEATURES,
+            build_model(
+                "nemon",
+                in_features=IN_FEATURES,
+                hidden=HIDDEN,
+                out_features=OUT_FEATURES,
                 gamma=gamma,
                 input_mean=ds.mean,
                 input_std=ds.std,
-                solver=solver,
-                tol=tr["tol"],
-                max_iter=tr["max_iter"],
-                stop=tr["stop"],
+                solver={"solver": solver, **{k: tr[k] for k in ("tol", "max_iter", "stop")}},
             )
         )
     stack = make_stack(members)
