@@ -161,7 +161,7 @@ def _forward_factory(Amat: Tensor, inj: Tensor):
             a, z = At, inj
         else:
             a, z = At[members], inj[members]
-        return lambda x: torch.baddbmm(z, x, a).clamp_(min=0)
+        return lambda x: torch.baddbmm(z, x, a).relu_()
 
     return make_F
 

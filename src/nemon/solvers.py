@@ -132,11 +132,11 @@ def _iterate(
     x = x0
     # ||x_{k+1}|| <= ||x_k|| + ||step||: an upper bound that spares computing ||x|| until
     # the step is small enough for the stop rule to possibly hold (MATH 12).
-    x_up = torch.linalg.vector_norm(x0.flatten(1), dim=1).tolist()
+    x_up = torch.linalg.vector_norm(x0, dim=(1, 2)).tolist()
     F = make_F(None)
     for k in range(1, max_iter + 1):
         fx = F(x)
-        steps = torch.linalg.vector_norm((fx - x).flatten(1), dim=1).tolist()
+        steps = torch.linalg.vector_norm(fx - x, dim=(1, 2)).tolist()
         x_new = torch.lerp(x, fx, w)
         check = []
         for j, m in enumerate(active):
@@ -147,7 +147,7 @@ def _iterate(
         done = []
         if check:
             sub = x_new if len(check) == len(active) else x_new[check]
-            norms = torch.linalg.vector_norm(sub.flatten(1), dim=1).tolist()
+            norms = torch.linalg.vector_norm(sub, dim=(1, 2)).tolist()
             for j, xn in zip(check, norms, strict=True):
                 m = active[j]
                 x_up[m] = xn
@@ -185,11 +185,11 @@ def _iterate_one(
     k = 0
     for k in range(1, max_iter + 1):  # noqa: B007 (k is reported after the loop)
         fx = F(x)
-        s = alpha * torch.linalg.vector_norm((fx - x).flatten(1), dim=1).item()
+        s = alpha * torch.dist(fx, x).item()  # ||fx - x||, one call (the hot loop)
         x_prev, x = x, torch.lerp(x, fx, w)
         x_up += s
         if not math.isfinite(s) or s * factor <= tol * x_up or k == max_iter:
-            xn = torch.linalg.vector_norm(x.flatten(1), dim=1).item()
+            xn = torch.linalg.vector_norm(x).item()
             x_up = xn
             res = _residual(s, xn)
             if res * factor <= tol or not math.isfinite(res) or k == max_iter:

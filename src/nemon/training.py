@@ -336,7 +336,7 @@ def train_stack(
         ramp = 0.0
         for step, idx in enumerate(bar, start=1):
             ramp = objective.progress(((epoch - 1) + (step - 1) / steps) / schedule.epochs)
-            u, labels = X[idx], Y[idx]
+            u, labels = X.index_select(0, idx), Y.index_select(0, idx)  # X[idx]: 5x slower
             u_n = stack.normalise(u)  # per batch: cheaper than a normalised copy of the data
             lam = weights if objective.name == "lipschitz" else zero
             if isinstance(stack, ModelStack):  # the whole clean objective in one node
