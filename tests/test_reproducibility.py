@@ -9,8 +9,12 @@ CPU), else agreement within the spread of the committed seeds.
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -86,3 +90,59 @@ def test_a_committed_training_group_retrained_from_scratch_reproduces(tmp_path):
                 f"{committed_file}: other CPU ({old_p.get('cpu')} vs {here['cpu']}): compared "
                 "within 3 seed SDs"
             )
+
+
+EVALUATED = COMMITTED / "g0.0_l0.0001_s2"  # a gamma-0 model: the cheapest full evaluation (~30 s)
+EVALUATE = """
+import json, sys
+import pandas as pd, torch, yaml
+from nemon.config import validate_config
+from nemon.contracts import load_model
+from nemon.data import load_dataset
+from nemon.evaluation import EvalSettings, evaluate_model
+folder, config = sys.argv[1], sys.argv[2]
+torch.set_num_threads(1)
+cfg = validate_config(yaml.safe_load(open(config)))
+metrics = json.load(open(folder + "/metrics.json"))
+model = load_model(folder + "/model.pt", sha256=metrics["model_sha256"])
+ds = load_dataset("mnist-5k", progress=False)
+settings = EvalSettings.from_config(cfg["evaluation"])
+rows, record = evaluate_model(model, ds.test_x, ds.test_y, settings)
+print(json.dumps({"rows": rows, "record": record}, default=str))
+"""
+
+
+def test_a_committed_evaluation_reproduces(tmp_path):
+    """One committed model evaluated again, in the workflow's reproducible mode, by the current
+    code (which builds the weights' quantities once per model, ``NEMON.frozen_weights``): the
+    same robustness rows and scalars, bit for bit on the committed CPU path."""
+    if not (EVALUATED / "evaluation.json").is_file():
+        pytest.skip(f"the committed {DATASET} results lack {EVALUATED}")
+    r = subprocess.run(
+        [sys.executable, "-c", EVALUATE, str(EVALUATED), str(REPO / "config.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **REPRODUCIBLE_ENV},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    new = json.loads(r.stdout.strip().splitlines()[-1])
+    old = json.loads((EVALUATED / "evaluation.json").read_text())
+    old_rows = pd.read_csv(EVALUATED / "robustness.csv")
+    new_rows = pd.DataFrame(new["rows"])[[c for c in old_rows.columns if c in new["rows"][0]]]
+    old_rows = old_rows[new_rows.columns]
+    here = provenance(str(REPO), "cpu", 1)
+    same_path = (
+        old["provenance"].get("cpu") == here["cpu"]
+        and old["provenance"].get("environment") == REPRODUCIBLE_ENV
+        and old["provenance"].get("torch") == torch.__version__
+    )
+    keys = ("clean_acc", "lipschitz_lower", "lipschitz_bound", "lipschitz_tightness")
+    if same_path:
+        pd.testing.assert_frame_equal(new_rows, old_rows, check_exact=True, check_dtype=False)
+        for key in keys:
+            assert new["record"][key] == old[key], key
+    else:  # another CPU or torch: the accuracies within two points
+        diff = (new_rows["accuracy"] - old_rows["accuracy"]).abs().max()
+        assert diff <= 0.02, diff
+        print(f"{EVALUATED}: other CPU ({old['provenance'].get('cpu')} vs {here['cpu']})")

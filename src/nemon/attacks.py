@@ -33,7 +33,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -310,7 +310,7 @@ def _attack_state(model: nn.Module) -> Iterator[None]:
         model.eval()
         for p, _ in needs_grad:
             p.requires_grad_(False)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), frozen_weights(model):
             warnings.simplefilter("ignore", NonConvergenceWarning)
             with torch.random.fork_rng(devices=_rng_devices()):
                 yield
@@ -321,6 +321,12 @@ def _attack_state(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
         if warned is not None:
             model.__dict__["_warned"] = warned
+
+
+def frozen_weights(model: nn.Module) -> AbstractContextManager:
+    """The model's ``frozen_weights()`` where it has one (NEMON): weight-only work done once."""
+    frozen = getattr(model, "frozen_weights", None)
+    return frozen() if frozen is not None else nullcontext()
 
 
 @contextmanager

@@ -127,6 +127,17 @@ class LayerSpec:
     forward: SolveRecord | None = None
     backward: SolveRecord | None = None
     on_backward: object = field(default=None, repr=False)  # callable(SolveRecord) or None
+    # (A, M, R, alpha, rho, Amat) already built from the weights this call passes
+    # (:meth:`nemon.model.NEMON.frozen_weights`); None: built here
+    prepared: tuple | None = field(default=None, repr=False)
+
+
+def prepare_layer(T: Tensor, d: Tensor | None, gamma: Tensor, embedded: bool) -> tuple:
+    """``(A, M, R, alpha, rho, Amat)`` of MATH 2-3 (and 9, ``Amat = embed(A)``), no graph."""
+    with torch.no_grad():
+        A, M, R = build_A(T, d, gamma)
+        alpha, rho = step_constants(M, T, gamma)
+        return A, M, R, alpha, rho, embed(A) if embedded else A
 
 
 def _solve(spec: LayerSpec, make_F, x0: Tensor, alpha, rho) -> tuple[Tensor, SolveRecord]:
@@ -191,10 +202,11 @@ class ImplicitLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, T: Tensor, d: Tensor | None, inj: Tensor, spec: LayerSpec) -> Tensor:  # type: ignore[override]
+        prepared = spec.prepared
+        if prepared is None:
+            prepared = prepare_layer(T, d if spec.weighted else None, spec.gamma, spec.embedded)
+        A, _, R, alpha, rho, Amat = prepared
         with torch.no_grad():
-            A, M, R = build_A(T, d if spec.weighted else None, spec.gamma)
-            alpha, rho = step_constants(M, T, spec.gamma)
-            Amat = embed(A) if spec.embedded else A
             make_F = _forward_factory(Amat, inj)
             x, rec = _solve(spec, make_F, torch.zeros_like(inj), alpha, rho)
             rec.x = x

@@ -153,8 +153,21 @@ def evaluate_model(
 
     ``rows`` hold the instrument columns of ``robustness.csv`` (without the
     model's keys); ``record`` the scalars of ``evaluation.json`` (clean accuracy,
-    the Lipschitz lower bound, timings, settings).
+    the Lipschitz lower bound, timings, settings). The weights stay as they are
+    throughout, so what depends on them alone is built once
+    (:meth:`nemon.model.NEMON.frozen_weights`).
     """
+    with attacks.frozen_weights(model):
+        return _evaluate_model(model, test_x, test_y, settings, progress)
+
+
+def _evaluate_model(
+    model: nn.Module,
+    test_x: Tensor,
+    test_y: Tensor,
+    settings: EvalSettings,
+    progress: Callable[[str], None],
+) -> tuple[list[dict], dict]:
     t_start = time.perf_counter()
     model.eval()
     p0 = next(model.parameters())

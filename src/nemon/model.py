@@ -432,47 +432,111 @@ class NEMON(nn.Module):
             stats.error_bound = math.inf
         self.last_backward_stats = stats
 
-    def _rounding(self, x: Tensor, inj: Tensor, u_n: Tensor, last: Tensor, alpha: float) -> Tensor:
-        """Per-sample bound on one step's rounding error in ``||.||_eta`` (MATH 12)."""
-        dt = x.dtype
-        n, m = self.hidden_features, self.in_features
+    def _rounding_constants(self) -> tuple[Tensor, float, float, float, float]:
+        """``(eta, beta, bbar, max mean/std, mat)``: the weights' part of :meth:`_rounding`."""
         with torch.no_grad():
             eta = self.eta.detach()
             T = self.T.detach()
             M = self.M.detach()
-            xe = (x.abs() * eta).amax(dim=-1)  # ||x||_eta
-            ie = (inj.abs() * eta).amax(dim=-1)
-            de = (last.abs() * eta).amax(dim=-1)
             beta = float((self.B.detach().abs().sum(dim=1) * eta).max())
             bbar = float((self.b.detach().abs() * eta).max())
             mean_over_std = float((self.input_mean.abs() / self.input_std).max())
-            ue = u_n.abs().amax(dim=-1) + mean_over_std
             mat = float(M.abs().sum(dim=1).max()) + float(T.abs().sum(dim=1).max())
             mat += abs(self.gamma) + 1.0
+        return eta, beta, bbar, mean_over_std, mat
+
+    def _rounding(
+        self, x: Tensor, inj: Tensor, u_n: Tensor, last: Tensor, alpha: float, constants: tuple
+    ) -> Tensor:
+        """Per-sample bound on one step's rounding error in ``||.||_eta`` (MATH 12)."""
+        dt = x.dtype
+        n, m = self.hidden_features, self.in_features
+        eta, beta, bbar, mean_over_std, mat = constants
+        with torch.no_grad():
+            xe = (x.abs() * eta).amax(dim=-1)  # ||x||_eta
+            ie = (inj.abs() * eta).amax(dim=-1)
+            de = (last.abs() * eta).amax(dim=-1)
+            ue = u_n.abs().amax(dim=-1) + mean_over_std
             g = core.gamma_k(n + m + 16, dt)
             u = core.unit_roundoff(dt)
             return alpha * g * (mat * xe + ie + beta * ue + bbar) + 8 * u * (xe + de)
 
-    def _rho_safe(self, rho: float, dtype: torch.dtype) -> float:
+    def _t_abs(self) -> float:
+        """``max_i sum_j |t_ij|``."""
+        return float(self.T.detach().abs().sum(dim=1).max())
+
+    def _rho_safe(self, rho: float, dtype: torch.dtype, t_abs: float) -> float:
         """``rho`` inflated by the rounding of ``alpha*`` and ``mu`` (MATH 12)."""
-        T = self.T.detach()
         slack = 2 * core.gamma_k(self.hidden_features + 2, dtype)
-        slack *= float(T.abs().sum(dim=1).max()) + abs(self.gamma) + 1.0
+        slack *= t_abs + abs(self.gamma) + 1.0
         return min(rho + slack, 1.0)
+
+    # --- what depends on the weights alone ---------------------------------------------
+    def _check_weights(self, *names: str) -> None:
+        for name in names:
+            if name == "d" and not self.weighted:
+                continue
+            _check_finite(getattr(self, name), name, WEIGHT_HINTS[name])
+
+    @contextmanager
+    def frozen_weights(self) -> Iterator[NEMON]:
+        """Build what depends on the weights alone once for all the solves inside.
+
+        Outside it, every forward checks ``T, d, B, b`` for non-finite values and
+        rebuilds ``A``, ``alpha*``, ``rho`` (MATH 2-3) and the weights' part of the
+        rounding bound (MATH 12): over half of what a forward costs besides its
+        iterations, paid again by every one of an attack's thousands of forwards.
+        Inside, they are built once per state of the weights, by the same code, so every
+        result is bit-identical. A parameter or buffer changed in place (its version
+        counter moves), replaced, or moved to another dtype or device is noticed and
+        everything is rebuilt; a write through ``.data`` is not noticed and must not
+        happen inside. The attacks of :mod:`nemon.attacks` and
+        :func:`nemon.evaluation.evaluate_model` enter it; it nests.
+        """
+        state = self.__dict__
+        state["_frozen_depth"] = state.get("_frozen_depth", 0) + 1
+        try:
+            yield self
+        finally:
+            state["_frozen_depth"] -= 1
+            if not state["_frozen_depth"]:
+                state["_frozen"] = None
+
+    def _frozen_state(self) -> _FrozenWeights | None:
+        """The weights' derived quantities inside :meth:`frozen_weights`, else None."""
+        state = self.__dict__
+        if not state.get("_frozen_depth"):
+            return None
+        key = (
+            self.gamma,
+            self.weighted,
+            *((t.data_ptr(), t._version, t.dtype, t.device) for t in self._solve_weights()),
+        )
+        frozen = state.get("_frozen")
+        if frozen is None or frozen.key != key:
+            frozen = state["_frozen"] = _FrozenWeights(self, key)
+        return frozen
+
+    def _solve_weights(self) -> tuple[Tensor, ...]:
+        """Every tensor a solve and its error bound read (not ``C, c``)."""
+        return (self.T, self.d, self.B, self.b, self.input_mean, self.input_std)
 
     def _layer(self, u_n: Tensor, inj: Tensor, embedded: bool) -> tuple[Tensor, SolverStats]:
         """Solve the (embedded) layer for the injection ``inj`` of shape ``(N, n or 2n)``."""
-        _check_finite(self.T, "T", "the weights T or d are not finite; the training has diverged")
-        if self.weighted:
-            _check_finite(self.d, "d", "the weights T or d are not finite")
+        frozen = self._frozen_state()
+        if frozen is None:
+            self._check_weights("T", "d")
         spec = self._spec(embedded)
+        if frozen is not None:
+            spec.prepared = frozen.layer(embedded)
         d = self.d[None] if self.weighted else None
         x = core.ImplicitLayer.apply(self.T[None], d, inj[None], spec)[0]
         rec = spec.forward
         self._check_precision(x.dtype, rec.rho[0])
         stats = self._report(rec, "forward")
         if rec.rho[0] < 1 and rec.last_update is not None:
-            rho = self._rho_safe(rec.rho[0], x.dtype)
+            t_abs = frozen.t_abs if frozen is not None else self._t_abs()
+            rho = self._rho_safe(rec.rho[0], x.dtype, t_abs)
             xd, last = x.detach(), rec.last_update[0]
             if embedded:
                 n = self.hidden_features
@@ -481,8 +545,9 @@ class NEMON(nn.Module):
                 inj_n = torch.maximum(inj[:, :n].abs(), inj[:, n:].abs()).detach()
             else:
                 inj_n = inj.detach()
-            e = self._rounding(xd, inj_n, u_n, last, rec.alpha[0])
-            bounds = core.per_sample_bound(rho, last, self.eta.detach(), e)
+            constants = frozen.rounding if frozen is not None else self._rounding_constants()
+            e = self._rounding(xd, inj_n, u_n, last, rec.alpha[0], constants)
+            bounds = core.per_sample_bound(rho, last, constants[0], e)
         else:
             bounds = torch.full((x.shape[0],), math.inf, dtype=x.dtype, device=x.device)
         stats.error_bound = float(bounds.max()) if bounds.numel() else 0.0
@@ -492,8 +557,8 @@ class NEMON(nn.Module):
         return x, stats
 
     def _injection(self, u_n: Tensor) -> Tensor:
-        _check_finite(self.B, "B", "the weights B, b are not finite; the training has diverged")
-        _check_finite(self.b, "b", "the weights B, b are not finite; the training has diverged")
+        if self._frozen_state() is None:
+            self._check_weights("B", "b")
         return torch.addmm(self.b, u_n, self.B.t())
 
     def equilibrium(self, u: Tensor) -> tuple[Tensor, SolverStats]:
@@ -516,7 +581,8 @@ class NEMON(nn.Module):
         lo2, lead = flatten_input(lo, self.in_features, self.B.dtype)
         hi2, _ = flatten_input(hi, self.in_features, self.B.dtype)
         lo_n, hi_n = self.normalise(lo2), self.normalise(hi2)
-        _check_finite(self.B, "B", "the weights B, b are not finite")
+        if self._frozen_state() is None:
+            self._check_weights("B")
         z_lo, z_hi = core.box_injection(self.B[None], self.b[None], lo_n, hi_n)
         inj = torch.cat((z_lo[0], z_hi[0]), dim=-1)
         u_abs = torch.maximum(lo_n.abs(), hi_n.abs())
@@ -524,9 +590,41 @@ class NEMON(nn.Module):
         n = self.hidden_features
         return x[:, :n].reshape(*lead, n), x[:, n:].reshape(*lead, n), stats
 
+    def __getstate__(self) -> dict[str, Any]:  # a copy starts outside frozen_weights
+        state = super().__getstate__()
+        return {k: v for k, v in state.items() if k not in ("_frozen", "_frozen_depth")}
+
     def __setstate__(self, state: dict[str, Any]) -> None:  # keep pickled models usable
         super().__setstate__(state)
         self.__dict__.setdefault("_warned", set())
+
+
+WEIGHT_HINTS = {
+    "T": "the weights T or d are not finite; the training has diverged",
+    "d": "the weights T or d are not finite; the training has diverged",
+    "B": "the weights B, b are not finite; the training has diverged",
+    "b": "the weights B, b are not finite; the training has diverged",
+}
+
+
+class _FrozenWeights:
+    """What :meth:`NEMON.frozen_weights` builds once per state of the weights."""
+
+    def __init__(self, model: NEMON, key: tuple) -> None:
+        model._check_weights("T", "d", "B", "b")
+        self.key = key
+        self._model_layer = (model.T[None], model.d[None] if model.weighted else None)
+        self._gamma = model._gamma_t()
+        self._layers: dict[bool, tuple] = {}
+        self.rounding = model._rounding_constants()
+        self.t_abs = model._t_abs()
+
+    def layer(self, embedded: bool) -> tuple:
+        """``(A, M, R, alpha, rho, Amat)`` for :class:`nemon.core.ImplicitLayer`."""
+        if embedded not in self._layers:
+            T, d = self._model_layer
+            self._layers[embedded] = core.prepare_layer(T, d, self._gamma, embedded)
+        return self._layers[embedded]
 
 
 __all__ = ["NEMON", "inf_norm"]
