@@ -551,3 +551,28 @@ def test_group_jobs_train_as_the_workflow_and_compare_paired(capsys):
     assert row.max_abs_dacc == pytest.approx(want)
     with pytest.raises(SystemExit, match="gamma must be below 1"):
         groups.main(["--gamma", "1.0"])
+
+
+# --- one evaluation forward, plain and frozen (nemon.bench.forward) ----------------------------
+def test_forward_bench_times_both_paths_and_their_parts():
+    from nemon.bench import forward
+
+    model = make_model(seed=0, gamma=0.9, tol=1e-6).float()
+    u = torch.rand(7, 12, generator=torch.Generator().manual_seed(0))
+    row = forward.measure(model, u, tol=1e-5, rounds=2, repeats=3)
+    assert row["images"] == 7 and row["iterations"] > 1
+    for path in ("plain", "frozen"):
+        assert 0 < row[f"{path}_solve_us"] < row[f"{path}_us"]
+        assert row[f"{path}_rest_us"] == pytest.approx(row[f"{path}_us"] - row[f"{path}_solve_us"])
+    assert row["speedup"] == pytest.approx(row["plain_us"] / row["frozen_us"])
+    assert model.tol == 1e-6 and model._frozen_state() is None  # settings and context restored
+
+
+def test_forward_bench_refuses_what_it_cannot_time(tmp_path):
+    from nemon.bench import forward
+
+    with pytest.raises(ConfigurationError, match="no metrics.json"):
+        forward.main([str(tmp_path)])
+    (tmp_path / "metrics.json").write_text('{"model": "mlp"}')
+    with pytest.raises(ConfigurationError, match="give a NEMON model"):
+        forward.main([str(tmp_path)])

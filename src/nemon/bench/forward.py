@@ -1,0 +1,133 @@
+"""What one evaluation forward of a trained model costs, with and without frozen weights.
+
+``python -m nemon.bench.forward results/mnist-5k/models/nemon/lipschitz/g0.0_l0.0001_s2``
+loads a committed model, takes a batch of its data set's test images and times
+``model(u)`` at an attack's tolerance (the relative step, MATH 12a) on one thread:
+plainly, where every forward checks the weights and rebuilds ``A``, ``alpha*``, ``rho``
+and the rounding constants, and inside :meth:`nemon.model.NEMON.frozen_weights`,
+which builds them once (the evaluation stage and every attack run there). The two
+alternate in rounds in the same process, so a slow minute of the machine hits both;
+the report gives the median of each over the rounds, the time spent in the solver's
+iterations, the rest (the fixed part of a forward) and the ratio. The logits of the
+two paths are checked equal bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .. import solvers
+from ..contracts import load_model
+from ..data import load_dataset, stratified_subset
+from ..errors import ConfigurationError
+
+
+def _time_forwards(model: nn.Module, u: Tensor, repeats: int) -> tuple[float, float, Tensor]:
+    """Median seconds of one forward, median seconds of its solves, the last logits."""
+    solve_s: list[float] = []
+    orig = solvers._iterate_one
+
+    def timed_solve(*args, **kw):  # the solver's iterations alone
+        t = time.perf_counter()
+        out = orig(*args, **kw)
+        solve_s[-1] += time.perf_counter() - t
+        return out
+
+    totals = []
+    solvers._iterate_one = timed_solve
+    try:
+        for _ in range(repeats):
+            solve_s.append(0.0)
+            t = time.perf_counter()
+            y = model(u)
+            totals.append(time.perf_counter() - t)
+    finally:
+        solvers._iterate_one = orig
+    return statistics.median(totals), statistics.median(solve_s), y
+
+
+def measure(model: nn.Module, u: Tensor, *, tol: float, rounds: int, repeats: int) -> dict:
+    """Alternate ``rounds`` times: ``repeats`` plain forwards, then as many frozen ones."""
+    plain, frozen = [], []
+    with model.solver_settings(tol=tol, max_iter=5000, stop="step"), torch.no_grad():
+        model(u)  # warm-up
+        for _ in range(rounds):
+            plain.append(_time_forwards(model, u, repeats))
+            with model.frozen_weights():
+                frozen.append(_time_forwards(model, u, repeats))
+        iterations = model.last_forward_stats.iterations
+    if not torch.equal(plain[-1][2], frozen[-1][2]):
+        raise AssertionError("frozen_weights changed the logits: it must be bit-identical")
+
+    def med(runs: list, i: int) -> float:
+        return statistics.median(r[i] for r in runs)
+
+    p_total, p_solve = med(plain, 0), med(plain, 1)
+    f_total, f_solve = med(frozen, 0), med(frozen, 1)
+    return {
+        "images": u.shape[0],
+        "iterations": iterations,
+        "plain_us": 1e6 * p_total,
+        "plain_solve_us": 1e6 * p_solve,
+        "plain_rest_us": 1e6 * (p_total - p_solve),
+        "frozen_us": 1e6 * f_total,
+        "frozen_solve_us": 1e6 * f_solve,
+        "frozen_rest_us": 1e6 * (f_total - f_solve),
+        "speedup": p_total / f_total,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m nemon.bench.forward",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model_dir", help="a model folder of the workflow (model.pt, metrics.json)")
+    p.add_argument("--images", type=int, default=100, help="test images per forward")
+    p.add_argument("--tol", type=float, default=1e-5, help="relative step of the solves")
+    p.add_argument("--rounds", type=int, default=5, help="alternations of the two paths")
+    p.add_argument("--repeats", type=int, default=100, help="forwards per path and round")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    folder = Path(args.model_dir)
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"{folder} has no metrics.json: give a model folder of the workflow, e.g. "
+            "results/mnist-5k/models/nemon/lipschitz/g0.0_l0.0001_s2"
+        ) from None
+    if metrics["model"] not in ("nemon", "nemon-unweighted"):
+        raise ConfigurationError(f"{folder}: a {metrics['model']} model; give a NEMON model")
+    for name in ("images", "rounds", "repeats", "threads"):
+        if getattr(args, name) < 1:
+            raise ConfigurationError(f"--{name} must be at least 1")
+    torch.set_num_threads(args.threads)
+    model = load_model(folder / "model.pt", sha256=metrics["model_sha256"]).eval()
+    ds = load_dataset(metrics["dataset"], progress=False)
+    if args.images > len(ds.test_y):
+        raise ConfigurationError(f"--images {args.images} > {len(ds.test_y)} test images")
+    idx = stratified_subset(ds.test_y, args.images, seed=0)
+    u = ds.test_x[idx].reshape(args.images, -1).to(next(model.parameters()).dtype) / 255
+    row = measure(model, u, tol=args.tol, rounds=args.rounds, repeats=args.repeats)
+    print(f"# {folder}: {args.images} images, tol {args.tol:g}, {args.threads} thread(s)")
+    print(f"# medians over {args.rounds} alternating rounds of {args.repeats} forwards each")
+    for key, value in row.items():
+        print(f"{key:16s} {value:.4g}" if isinstance(value, float) else f"{key:16s} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ConfigurationError as err:
+        sys.exit(f"error: {err}")
