@@ -31,6 +31,8 @@ TINY = [
     "--no-progress",
     "--matmul-seconds",
     "0.02",
+    "--repeats",
+    "1",
 ]
 SETTINGS = dict(samples=SAMPLES, test_samples=TEST_SAMPLES, data="synthetic", progress=False)
 
@@ -205,17 +207,28 @@ def test_benchmark_has_a_row_per_configuration_and_ratios_from_the_same_run(caps
         return returned[-1]
 
     argv = [*TINY, "--solvers", "average", "--torchdeq-solvers", "fixed_point_iter", "--markdown"]
-    result = cli.main(argv, runner=runner)
+    result = cli.main([*argv, "--repeats", "2"], runner=runner)
     out = capsys.readouterr().out
-    assert [r["label"] for r in result.rows] == [
+    labels = [
         "nemon average/step tol=0.01",
         "nemon stack K=8 average/step tol=0.01",
         "torchdeq fixed_point_iter/step tol=0.01",
     ]
-    assert all(a is b for a, b in zip(result.rows, returned, strict=True))
+    assert [r["label"] for r in result.rows] == labels
+    assert [r["label"] for r in returned] == labels * 2  # in rounds
+    for i, row in enumerate(result.rows):  # the faster of two runs (the lower median), its range
+        first, second = returned[i], returned[i + 3]
+        assert row["seconds"] == min(first["seconds"], second["seconds"])
+        assert (row["seconds_min"], row["seconds_max"]) == tuple(
+            sorted((first["seconds"], second["seconds"]))
+        )
+        assert row["runs"] == 2 and row["fwd_iters_mean"] == first["fwd_iters_mean"]
     table = [ln for ln in out.splitlines() if ln.startswith("| ")]
     assert len(table) == 1 + len(result.rows)  # header + one line per configuration
     assert table[2].startswith("| nemon stack K=8 | average | step | 0.01 |")
+    r0 = result.rows[0]
+    assert f"| {r0['seconds_min']:.2f}-{r0['seconds_max']:.2f} |" in table[1]
+    assert "the run of median epoch time of 2 run(s)" in out
 
     (cmp,) = result.comparisons
     nemon_row, deq_row = result.rows[0], result.rows[2]
@@ -282,6 +295,7 @@ BAD_ARGS = [
     (["--tol", "0"], "--tol values must be positive finite numbers, got [0.0]"),
     (["--tol", "nan"], "--tol values must be positive finite numbers"),
     (["--max-iter", "0"], "--max-iter must be >= 1"),
+    (["--repeats", "0"], "--repeats must be >= 1"),
     (["--threads", "-1"], "--threads must be >= 0"),
     (["--gamma", "1"], "--gamma must be a finite number below 1"),
     (["--stack-lams", "0"], "--stack-lams needs at least two values"),
@@ -576,3 +590,13 @@ def test_forward_bench_refuses_what_it_cannot_time(tmp_path):
     (tmp_path / "metrics.json").write_text('{"model": "mlp"}')
     with pytest.raises(ConfigurationError, match="give a NEMON model"):
         forward.main([str(tmp_path)])
+
+
+def test_median_run_keeps_the_median_run_and_the_range():
+    runs_ = [{"seconds": s, "tag": t} for s, t in ((3.0, "a"), (1.0, "b"), (2.0, "c"))]
+    row = report.median_run(runs_)
+    assert row["tag"] == "c" and row["seconds"] == 2.0 and row["runs"] == 3
+    assert (row["seconds_min"], row["seconds_max"]) == (1.0, 3.0)
+    assert "runs" not in runs_[2]  # a copy
+    with pytest.raises(ValueError, match="no runs"):
+        report.median_run([])

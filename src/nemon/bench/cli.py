@@ -113,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="time spent measuring each matmul rate (torch.utils.benchmark)",
     )
+    a(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs of every configuration, in rounds (each configuration once per round, so a "
+        "slow spell of a shared machine hits all of them); a row is the run of median epoch "
+        "time, with the range of all its runs",
+    )
     a("--markdown", action="store_true", help="print the table as Markdown")
     a("--no-progress", action="store_true", help="no progress bars on stderr")
     a(
@@ -138,6 +146,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigurationError(f"--tol values must be positive finite numbers, got {bad}")
     if args.max_iter < 1:
         raise ConfigurationError(f"--max-iter must be >= 1, got {args.max_iter}")
+    if args.repeats < 1:
+        raise ConfigurationError(f"--repeats must be >= 1, got {args.repeats}")
     if args.threads < 0:
         raise ConfigurationError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     if args.seed < 0:
@@ -242,9 +252,16 @@ def run_benchmark(args: argparse.Namespace, runner: Runner = run_isolated) -> Be
     rate = dict(device=device, threads=args.threads, min_run_time=args.matmul_seconds)
     gf_model = matmul_gflops(BATCH_SIZE, HIDDEN, HIDDEN, **rate)  # one solver iteration
     gf_large = matmul_gflops(1024, 1024, 1024, **rate)
-    rows = []
-    for cfg in tqdm(configs, desc="configurations", disable=args.no_progress, file=sys.stderr):
-        rows.append(runner(cfg))
+    runs: list[list[dict]] = [[] for _ in configs]
+    bar = tqdm(
+        total=len(configs) * args.repeats, desc="runs", disable=args.no_progress, file=sys.stderr
+    )
+    for _ in range(args.repeats):  # rounds: every configuration once per round
+        for i, cfg in enumerate(configs):
+            runs[i].append(runner(cfg))
+            bar.update()
+    bar.close()
+    rows = [report.median_run(r) for r in runs]
     wall = time.perf_counter() - t0
     load1 = os.getloadavg()
     report.add_floor(rows, gf_model, gf_large)
@@ -268,6 +285,8 @@ def run_benchmark(args: argparse.Namespace, runner: Runner = run_isolated) -> Be
         "+ 4 n m) x samples x models / model-shape rate (MATH 8); % of floor = floor s / epoch s; "
         "not conv = solves (forward + backward) stopped at max_iter; +train MiB = peak RSS - RSS "
         "before training; nemon stack rows: iterations and test acc are means over the models",
+        f"each row: the run of median epoch time of {args.repeats} run(s) of its configuration, "
+        "made in rounds (every configuration once per round); epoch s range: all its runs",
     ]
     if "picard" in args.solvers and "bound" in args.stop:
         header.append("picard has no stop=bound rows: it has no known contraction factor")

@@ -23,6 +23,23 @@ def add_floor(rows: list[dict], gflops_model: float, gflops_large: float) -> Non
         r["floor_fraction"] = r["floor_s"] / r["seconds"]
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run of median epoch time (the lower median of an even count), with every run's range.
+
+    Runs of one configuration differ in time only: the same weights, data order and
+    iteration counts. The row keeps that run's fields and adds ``runs``,
+    ``seconds_min`` and ``seconds_max``.
+    """
+    if not runs:
+        raise ValueError("no runs to summarise")
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    row.update(
+        runs=len(runs), seconds_min=ordered[0]["seconds"], seconds_max=ordered[-1]["seconds"]
+    )
+    return row
+
+
 def _is_reference(r: dict, tol: float) -> bool:
     # nemon's default path on the rule torchdeq shares: one model, averaged iteration, step
     return (
@@ -120,6 +137,7 @@ COLUMNS = [
     ("tol", "tol", "{:g}"),
     ("samples_per_s", "samples/s per model", "{:.0f}"),
     ("seconds", "epoch s", "{:.2f}"),
+    ("seconds_range", "epoch s range", "{:.2f}-{:.2f}"),
     ("fwd_iters_mean", "fwd it", "{:.1f}"),
     ("bwd_iters_mean", "bwd it", "{:.1f}"),
     ("not_converged", "not conv", "{}"),
@@ -138,6 +156,10 @@ COLUMNS = [
 def _cell(row: dict, key: str, fmt: str) -> str:
     if key == "impl":
         return f"nemon stack K={row['models']}" if row["models"] > 1 else row["impl"]
+    if key == "seconds_range":
+        if row.get("seconds_min") is None:
+            return "-"
+        return fmt.format(row["seconds_min"], row["seconds_max"])
     if key == "train_rss_mib":
         return fmt.format(row["peak_rss_mib"] - row["base_rss_mib"])
     val = row.get(key)
