@@ -236,6 +236,9 @@ def test_benchmark_has_a_row_per_configuration_and_ratios_from_the_same_run(caps
     assert cmp.speedup == nemon_row["samples_per_s"] / deq_row["samples_per_s"]
     assert cmp.floor_fraction == nemon_row["floor_s"] / nemon_row["seconds"]
     assert f"speed-up {cmp.speedup:.2f}x" in out
+    fastest = deq_row["seconds_min"] / nemon_row["seconds_min"]  # same samples, one model each
+    shown = re.search(r"\(median runs; ([0-9.]+)x from each side's fastest run\)", out)
+    assert float(shown.group(1)) == pytest.approx(fastest, abs=0.006)
     assert "target" not in out.lower() and "MET" not in out
     for r in result.rows:
         assert r["samples"] == SAMPLES and r["data"].startswith("synthetic")

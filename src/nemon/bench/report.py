@@ -95,11 +95,17 @@ def format_comparison(cmp: Comparison, window: float) -> str:
         else f"NONE within {window * 100:g} points; the fastest is shown"
     )
     floor = "" if cmp.floor_fraction is None else f", {cmp.floor_fraction:.1%} of the flop floor"
+    runs = ""
+    if n.get("runs", 1) > 1 and d.get("runs", 1) > 1:  # the same ratio from each side's fastest run
+        fastest = (n["samples_per_s"] * n["seconds"] / n["seconds_min"]) / (
+            d["samples_per_s"] * d["seconds"] / d["seconds_min"]
+        )
+        runs = f" (median runs; {fastest:.2f}x from each side's fastest run)"
     return (
         f"tol {cmp.tol:g}: nemon average/step {n['samples_per_s']:.0f} samples/s (test acc "
         f"{n['test_acc']:.4f}{floor}) vs torchdeq {d['solver']}/{d['stop']} "
         f"{d['samples_per_s']:.0f} samples/s (test acc {d['test_acc']:.4f}, {acc}): "
-        f"speed-up {cmp.speedup:.2f}x"
+        f"speed-up {cmp.speedup:.2f}x{runs}"
     )
 
 
