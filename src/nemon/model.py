@@ -484,8 +484,9 @@ class NEMON(nn.Module):
 
         Outside it, every forward checks ``T, d, B, b`` for non-finite values and
         rebuilds ``A``, ``alpha*``, ``rho`` (MATH 2-3) and the weights' part of the
-        rounding bound (MATH 12): over half of what a forward costs besides its
-        iterations, paid again by every one of an attack's thousands of forwards.
+        rounding bound (MATH 12): about a third of what a forward costs besides its
+        iterations (``python -m nemon.bench.forward``), paid again by every one of an
+        attack's thousands of forwards.
         Inside, they are built once per state of the weights, by the same code, so every
         result is bit-identical. A parameter or buffer changed in place (its version
         counter moves), replaced, or moved to another dtype or device is noticed and
