@@ -522,9 +522,13 @@ class NEMON(nn.Module):
         """Every tensor a solve and its error bound read (not ``C, c``)."""
         return (self.T, self.d, self.B, self.b, self.input_mean, self.input_std)
 
-    def _layer(self, u_n: Tensor, inj: Tensor, embedded: bool) -> tuple[Tensor, SolverStats]:
-        """Solve the (embedded) layer for the injection ``inj`` of shape ``(N, n or 2n)``."""
-        frozen = self._frozen_state()
+    def _layer(
+        self, u_n: Tensor, inj: Tensor, embedded: bool, frozen: _FrozenWeights | None
+    ) -> tuple[Tensor, SolverStats]:
+        """Solve the (embedded) layer for the injection ``inj`` of shape ``(N, n or 2n)``.
+
+        ``frozen``: :meth:`_frozen_state`, taken once by the caller for the whole forward.
+        """
         if frozen is None:
             self._check_weights("T", "d")
         spec = self._spec(embedded)
@@ -557,8 +561,8 @@ class NEMON(nn.Module):
         spec.forward = None  # release the iterates held for the bound
         return x, stats
 
-    def _injection(self, u_n: Tensor) -> Tensor:
-        if self._frozen_state() is None:
+    def _injection(self, u_n: Tensor, frozen: _FrozenWeights | None) -> Tensor:
+        if frozen is None:
             self._check_weights("B", "b")
         return torch.addmm(self.b, u_n, self.B.t())
 
@@ -566,7 +570,8 @@ class NEMON(nn.Module):
         """Solve ``x* = relu(A x* + B u + b)``; returns ``(x_star, stats)`` (MATH 3, 4)."""
         u2, lead = flatten_input(u, self.in_features, self.B.dtype)
         u_n = self.normalise(u2)
-        x, stats = self._layer(u_n, self._injection(u_n), embedded=False)
+        frozen = self._frozen_state()
+        x, stats = self._layer(u_n, self._injection(u_n, frozen), False, frozen)
         return x.reshape(*lead, self.hidden_features), stats
 
     def forward(self, u: Tensor) -> Tensor:
@@ -582,12 +587,13 @@ class NEMON(nn.Module):
         lo2, lead = flatten_input(lo, self.in_features, self.B.dtype)
         hi2, _ = flatten_input(hi, self.in_features, self.B.dtype)
         lo_n, hi_n = self.normalise(lo2), self.normalise(hi2)
-        if self._frozen_state() is None:
+        frozen = self._frozen_state()
+        if frozen is None:
             self._check_weights("B")
         z_lo, z_hi = core.box_injection(self.B[None], self.b[None], lo_n, hi_n)
         inj = torch.cat((z_lo[0], z_hi[0]), dim=-1)
         u_abs = torch.maximum(lo_n.abs(), hi_n.abs())
-        x, stats = self._layer(u_abs, inj, embedded=True)
+        x, stats = self._layer(u_abs, inj, True, frozen)
         n = self.hidden_features
         return x[:, :n].reshape(*lead, n), x[:, n:].reshape(*lead, n), stats
 
