@@ -1,7 +1,9 @@
 """nemon.bench: its rows time train_stack, torchdeq solves the same problem, and the report's
 arithmetic (MATH 3, 4, 8) uses rows measured in the same run."""
 
+import os
 import re
+import shutil
 import sys
 
 import pandas as pd
@@ -603,3 +605,58 @@ def test_median_run_keeps_the_median_run_and_the_range():
     assert "runs" not in runs_[2]  # a copy
     with pytest.raises(ValueError, match="no runs"):
         report.median_run([])
+
+
+# --- torch.compile against eager (nemon.bench.compiled) ---------------------------------------
+def _require_compiler() -> None:
+    """torch.compile's CPU backend builds C++: skip without g++, fail so in CI."""
+    if shutil.which("g++") is None:
+        why = "torch.compile on the CPU needs a C++ compiler (g++), and none is installed"
+        if os.environ.get("NEMON_REQUIRE_COMPILER") == "1":
+            pytest.fail(f"NEMON_REQUIRE_COMPILER=1 but {why}")
+        pytest.skip(why)
+
+
+def test_compiled_bench_compiles_every_case_and_agrees_with_eager():
+    from torch._dynamo.utils import counters
+
+    from nemon.bench import compiled
+
+    _require_compiler()
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    rows = compiled.measure(batch=20, gamma=0.5, tol=1e-4, rounds=1, repeats=2)
+    assert [r["case"] for r in rows] == list(compiled.CASES)
+    assert counters["stats"]["unique_graphs"] - before >= 3  # really compiled, not eager twice
+    for r in rows:
+        assert r["eager_us"] > 0 and r["compiled_us"] > 0
+        assert r["speedup"] == pytest.approx(r["eager_us"] / r["compiled_us"])
+        assert r["max_abs_diff"] < 1e-5, r  # rounding, not another computation
+        assert "note" not in r, r
+    solve = rows[-1]
+    assert solve["case"] == "solve" and solve["iterations"] > 1
+    text = compiled.format_rows(rows, markdown=True)
+    assert text.count("\n") == 1 + len(rows) and "| solve |" in text
+
+
+def test_compiled_bench_says_when_compiling_fails(monkeypatch):
+    from nemon.bench import compiled
+
+    def broken(fn, **kw):
+        def call(*a):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+        return call
+
+    monkeypatch.setattr(compiled.torch, "compile", broken)
+    with pytest.raises(ConfigurationError, match="needs a C\\+\\+ compiler"):
+        compiled.measure(rounds=1, repeats=1, cases=("call",))
+
+
+def test_compiled_bench_refuses_bad_arguments():
+    from nemon.bench import compiled
+
+    with pytest.raises(ConfigurationError, match="--rounds must be at least 1"):
+        compiled.main(["--rounds", "0"])
+    with pytest.raises(ConfigurationError, match="outside \\[0, 1\\)"):
+        compiled.main(["--gamma", "1.0"])
