@@ -46,8 +46,9 @@ class _Problem:
 
     def __init__(self, batch: int, gamma: float, tol: float, device: torch.device, seed: int):
         gen = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        model = NEMON(IN_FEATURES, HIDDEN, 10, gamma=gamma).to(device)
+        with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+            torch.manual_seed(seed)
+            model = NEMON(IN_FEATURES, HIDDEN, 10, gamma=gamma).to(device)
         u = torch.rand(batch, IN_FEATURES, generator=gen).to(device)
         with torch.no_grad():
             g = torch.tensor([gamma], device=device)
