@@ -639,6 +639,18 @@ def test_compiled_bench_compiles_every_case_and_agrees_with_eager():
     assert text.count("\n") == 1 + len(rows) and "| solve |" in text
 
 
+def test_compiled_bench_solves_a_stack_with_each_member_stopping_alone():
+    from nemon.bench import compiled
+
+    _require_compiler()
+    rows = compiled.measure(
+        batch=10, gamma=0.9, tol=1e-5, rounds=1, repeats=1, members=3, cases=("iteration", "solve")
+    )
+    for r in rows:  # a member-count mismatch or another stopping point would show here
+        assert r["max_abs_diff"] < 1e-5 and "note" not in r, r
+    assert rows[-1]["iterations"] > 1
+
+
 def test_compiled_bench_says_when_compiling_fails(monkeypatch):
     from nemon.bench import compiled
 

@@ -1,11 +1,12 @@
 """Does ``torch.compile`` pay for the averaged iteration? Eager against compiled, one process.
 
 ``python -m nemon.bench.compiled`` builds a ``NEMON(784, 100, 10)`` at its initial
-weights, a batch of seeded random pixel rows, and times three things eagerly and
+weights (``--members K``: a stack of ``K``, solved together as the workflow trains
+them), a batch of seeded random pixel rows, and times three things eagerly and
 compiled (``torch.compile``, the default inductor backend, static shapes), alternating
 in rounds so that a slow minute of the machine hits both:
 
-- ``call``: ``x + 1`` on one ``(1, batch, n)`` iterate: what any compiled call costs
+- ``call``: ``x + 1`` on one ``(K, batch, n)`` iterate: what any compiled call costs
   beyond its kernel (guards, the generated wrapper);
 - ``iteration``: one averaged iteration as :func:`nemon.solvers.solve_members` makes it
   (``F(x) = relu(A x + inj)``, the step norm read on the host, ``lerp``), against the same
@@ -42,28 +43,35 @@ CASES = ("call", "iteration", "solve")
 
 
 class _Problem:
-    """The fixed point of one NEMON's forward solve on one batch, its iterate and step map."""
+    """The forward solve of ``members`` NEMONs on one batch (a stack of the workflow when
+    ``members > 1``): step maps, a mid-way iterate, the solver's constants."""
 
-    def __init__(self, batch: int, gamma: float, tol: float, device: torch.device, seed: int):
+    def __init__(
+        self, batch: int, gamma: float, tol: float, device: torch.device, seed: int, members: int
+    ):
         gen = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
             torch.manual_seed(seed)
-            model = NEMON(IN_FEATURES, HIDDEN, 10, gamma=gamma).to(device)
+            models = [
+                NEMON(IN_FEATURES, HIDDEN, 10, gamma=gamma).to(device) for _ in range(members)
+            ]
         u = torch.rand(batch, IN_FEATURES, generator=gen).to(device)
         with torch.no_grad():
-            g = torch.tensor([gamma], device=device)
-            d = model.d[None] if model.weighted else None
-            _, _, _, alpha, rho, Amat = core.prepare_layer(model.T[None], d, g, False)
-            self.inj = torch.baddbmm(
-                model.b[None, None, :], model.normalise(u)[None], model.B.transpose(0, 1)[None]
-            )
+            T = torch.stack([m.T for m in models])
+            d = torch.stack([m.d for m in models]) if models[0].weighted else None
+            g = torch.full((members,), gamma, device=device)
+            _, _, _, alpha, rho, Amat = core.prepare_layer(T, d, g, False)
+            B = torch.stack([m.B for m in models])
+            b = torch.stack([m.b for m in models])
+            u_n = models[0].normalise(u).expand(members, -1, -1)
+            self.inj = torch.baddbmm(b[:, None, :], u_n, B.transpose(1, 2))
         self.Amat, self.At = Amat, Amat.transpose(1, 2).contiguous()
         self.alpha, self.rho, self.tol = alpha, rho, tol
         self.w = torch.tensor(alpha, device=device)[:, None, None]
-        # an iterate half way to the fixed point, for the single-iteration cases
+        # an iterate part of the way to the fixed point, for the single-iteration cases
         self.x = self.solve(core._forward_factory(Amat, self.inj), max_iter=3)[0]
 
-    def solve(self, make_F, max_iter: int = 1000) -> tuple[Tensor, int]:
+    def solve(self, make_F, max_iter: int = 1000) -> tuple[Tensor, list[int]]:
         x, recs, _ = solvers.solve_members(
             make_F,
             torch.zeros_like(self.inj),
@@ -73,33 +81,43 @@ class _Problem:
             max_iter=max_iter,
             stop="step",
         )
-        return x, recs[0].iterations
+        return x, [r.iterations for r in recs]
 
 
-def _eager_iteration(x: Tensor, z: Tensor, a: Tensor, w: Tensor) -> tuple[float, Tensor]:
-    fx = torch.baddbmm(z, x, a).relu_()  # the solver's own operations (solvers._iterate_one)
-    return torch.dist(fx, x).item(), torch.lerp(x, fx, w)
+def _eager_iteration(x: Tensor, z: Tensor, a: Tensor, w: Tensor) -> tuple[list[float], Tensor]:
+    """The solver's own operations: ``solvers._iterate_one`` for one member, else ``_iterate``."""
+    fx = torch.baddbmm(z, x, a).relu_()
+    if x.shape[0] == 1:
+        return [torch.dist(fx, x).item()], torch.lerp(x, fx, w)
+    return torch.linalg.vector_norm(fx - x, dim=(1, 2)).tolist(), torch.lerp(x, fx, w)
 
 
 def _graph_iteration(x: Tensor, z: Tensor, a: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     fx = torch.baddbmm(z, x, a).relu()
-    return torch.linalg.vector_norm(fx - x), torch.lerp(x, fx, w)
+    return torch.linalg.vector_norm(fx - x, dim=(1, 2)), torch.lerp(x, fx, w)
+
+
+def _step_map(x: Tensor, z: Tensor, a: Tensor) -> Tensor:
+    return torch.baddbmm(z, x, a).relu()
 
 
 def build_cases(p: _Problem) -> dict[str, tuple[Callable[[], Any], Callable[[], Any]]]:
     """Per case, ``(eager, compiled)`` callables; compiling happens on their first call."""
     add_one = torch.compile(lambda x: x + 1, dynamic=False)
     graph = torch.compile(_graph_iteration, dynamic=False)
-    step_map = torch.compile(lambda x, z, a: torch.baddbmm(z, x, a).relu(), dynamic=False)
+    # in a stack, members leave the solve as they finish: shapes change, so let dynamo
+    # generalise them (its default) rather than compile one graph per member count
+    step_map = torch.compile(_step_map, dynamic=None if p.At.shape[0] > 1 else False)
 
     def compiled_iteration():
         s, x_new = graph(p.x, p.inj, p.At, p.w)
-        return s.item(), x_new
+        return s.tolist(), x_new
 
     def compiled_factory(members):
-        if members is not None:  # one member: the solver never drops any
-            raise AssertionError("a one-member solve has no members to drop")
-        return lambda x: step_map(x, p.inj, p.At)
+        if members is None:
+            return lambda x: step_map(x, p.inj, p.At)
+        z, a = p.inj[members], p.At[members]
+        return lambda x: step_map(x, z, a)
 
     eager_factory = core._forward_factory(p.Amat, p.inj)
     return {
@@ -109,13 +127,14 @@ def build_cases(p: _Problem) -> dict[str, tuple[Callable[[], Any], Callable[[], 
     }
 
 
-def _difference(eager: Any, compiled: Any) -> tuple[float, str]:
-    """Largest absolute difference of the two results' tensors, and what else differs."""
-    if isinstance(eager, Tensor):
+def _difference(case: str, eager: Any, compiled: Any) -> tuple[float, str]:
+    """Largest absolute difference of the two results, and what else differs."""
+    if case == "call":
         return float((eager - compiled).abs().max()), ""
-    if isinstance(eager, tuple) and isinstance(eager[0], float):  # (step norm, next iterate)
-        return max(abs(eager[0] - compiled[0]), float((eager[1] - compiled[1]).abs().max())), ""
-    (xe, ke), (xc, kc) = eager, compiled  # solves: (x*, iterations)
+    if case == "iteration":  # (step norms, next iterate)
+        steps = max(abs(a - b) for a, b in zip(eager[0], compiled[0], strict=True))
+        return max(steps, float((eager[1] - compiled[1]).abs().max())), ""
+    (xe, ke), (xc, kc) = eager, compiled  # (x*, iterations per member)
     note = "" if ke == kc else f"iterations differ: {ke} eager, {kc} compiled"
     return float((xe - xc).abs().max()), note
 
@@ -129,11 +148,12 @@ def measure(
     repeats: int = 200,
     device: str = "cpu",
     seed: int = 0,
+    members: int = 1,
     cases: tuple[str, ...] = CASES,
 ) -> list[dict]:
     """One row per case: median us eager and compiled, the speed-up, the difference."""
     dev = torch.device(device)
-    p = _Problem(batch, gamma, tol, dev, seed)
+    p = _Problem(batch, gamma, tol, dev, seed, members)
     built = build_cases(p)
     rows = []
     with torch.no_grad():
@@ -149,7 +169,7 @@ def measure(
                     "backend needs a C++ compiler (g++)"
                 ) from err
             compile_s = time.perf_counter() - t0
-            diff, note = _difference(eager(), out_c)
+            diff, note = _difference(name, eager(), out_c)
             times: dict[str, list[float]] = {"eager": [], "compiled": []}
             for _ in range(rounds):
                 for label, fn in (("eager", eager), ("compiled", compiled)):
@@ -170,7 +190,7 @@ def measure(
                 "compile_s": compile_s,
             }
             if name == "solve":
-                row["iterations"] = out_c[1]
+                row["iterations"] = sum(out_c[1]) / len(out_c[1])  # mean over members
             if note:
                 row["note"] = note
             rows.append(row)
@@ -188,7 +208,7 @@ def format_rows(rows: list[dict], markdown: bool = False) -> str:
             return f"{v:.2f}x"
         if key == "max_abs_diff":
             return f"{v:.2g}"
-        if key == "compile_s":
+        if key in ("compile_s", "iterations") and isinstance(v, float):
             return f"{v:.1f}"
         return str(v)
 
@@ -209,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--batch", type=int, default=100, help="images per solve")
+    p.add_argument(
+        "--members", type=int, default=1, help="models solved together (the workflow stacks 8)"
+    )
     p.add_argument("--gamma", type=float, default=0.0, help="the model's gamma (MATH 2)")
     p.add_argument("--tol", type=float, default=1e-4, help="relative step of the solves")
     p.add_argument("--rounds", type=int, default=5, help="alternations of the two paths")
@@ -217,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = p.parse_args(argv)
-    for name in ("batch", "rounds", "repeats", "threads"):
+    for name in ("batch", "members", "rounds", "repeats", "threads"):
         if getattr(args, name) < 1:
             raise ConfigurationError(f"--{name} must be at least 1")
     if not 0.0 <= args.gamma < 1.0:
@@ -228,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows = measure(
         batch=args.batch,
+        members=args.members,
         gamma=args.gamma,
         tol=args.tol,
         rounds=args.rounds,
@@ -235,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
     )
     print(
-        f"# NEMON({IN_FEATURES}, {HIDDEN}, 10), gamma {args.gamma:g}, batch {args.batch}, "
+        f"# {args.members} x NEMON({IN_FEATURES}, {HIDDEN}, 10), gamma {args.gamma:g}, "
+        f"batch {args.batch}, "
         f"tol {args.tol:g}, {args.device}, {args.threads} thread(s), torch {torch.__version__}"
     )
     print(f"# medians over {args.rounds} alternating rounds of {args.repeats} calls each")
