@@ -587,6 +587,32 @@ def test_forward_bench_times_both_paths_and_their_parts():
     assert model.tol == 1e-6 and model._frozen_state() is None  # settings and context restored
 
 
+def test_forward_bench_compares_solvers_at_the_same_tolerance():
+    from nemon.bench import forward
+
+    model = make_model(seed=0, gamma=0.9, tol=1e-6).float()
+    u = torch.rand(7, 12, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(7) % 4
+    rows = forward.measure_solvers(
+        model, u, labels, solvers_=("average", "anderson"), tol=1e-5, rounds=2, repeats=2
+    )
+    ref, aa = rows
+    assert (ref["solver"], aa["solver"]) == ("average", "anderson")
+    assert ref["speedup_forward"] == 1.0 and ref["max_abs_dlogit"] == 0.0
+    assert aa["speedup_forward"] == pytest.approx(ref["forward_us"] / aa["forward_us"])
+    assert aa["speedup_forward_grad"] == pytest.approx(
+        ref["forward_grad_us"] / aa["forward_grad_us"]
+    )
+    assert 0 < aa["iterations"] < ref["iterations"]  # Anderson ran, and took fewer steps
+    assert aa["max_abs_dlogit"] < 1e-3 and aa["max_abs_dgrad"] < 1e-3
+    assert model.solver == "average" and model.tol == 1e-6  # settings restored
+    assert model._frozen_state() is None
+    with pytest.raises(ConfigurationError, match="unknown solver 'newton'"):
+        forward.measure_solvers(
+            model, u, labels, solvers_=("average", "newton"), tol=1e-5, rounds=1, repeats=1
+        )
+
+
 def test_forward_bench_refuses_what_it_cannot_time(tmp_path):
     from nemon.bench import forward
 

@@ -10,6 +10,11 @@ alternate in rounds in the same process, so a slow minute of the machine hits bo
 the report gives the median of each over the rounds, the time spent in the solver's
 iterations, the rest (the fixed part of a forward) and the ratio. The logits of the
 two paths are checked equal bit for bit.
+
+``--solvers average anderson`` also times, inside ``frozen_weights`` and alternating
+in rounds, a forward and a forward with the input gradient (what a PGD step costs)
+with each solver at the same tolerance, and reports the iterations, the ratios to
+the first solver and how far its logits and gradients are from the first's.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -85,6 +91,88 @@ def measure(model: nn.Module, u: Tensor, *, tol: float, rounds: int, repeats: in
     }
 
 
+def measure_solvers(
+    model: nn.Module,
+    u: Tensor,
+    labels: Tensor,
+    *,
+    solvers_: Sequence[str],
+    tol: float,
+    rounds: int,
+    repeats: int,
+) -> list[dict]:
+    """Each solver at ``tol`` (frozen weights), alternating ``rounds`` times: medians of a forward
+    (an attack's query) and of a forward with the input gradient (a PGD step), against the first.
+    """
+    for name in solvers_:
+        solvers.get_solver(name)  # an unknown name: a clear error before any timing
+    saved = model.solver
+    times: dict[str, dict[str, list[float]]] = {s: {"fwd": [], "grad": []} for s in solvers_}
+    out: dict[str, tuple[Tensor, int, Tensor]] = {}
+    try:
+        with model.solver_settings(tol=tol, max_iter=5000, stop="step"), model.frozen_weights():
+            for _ in range(rounds):
+                for name in solvers_:
+                    model.solver = name
+                    with torch.no_grad():
+                        model(u)  # warm
+                        t = time.perf_counter()
+                        for _ in range(repeats):
+                            y = model(u)
+                        times[name]["fwd"].append((time.perf_counter() - t) / repeats)
+                        iterations = model.last_forward_stats.iterations
+                    t = time.perf_counter()
+                    for _ in range(repeats):
+                        x = u.clone().requires_grad_(True)
+                        loss = torch.nn.functional.cross_entropy(model(x), labels)
+                        (g,) = torch.autograd.grad(loss, x)
+                    times[name]["grad"].append((time.perf_counter() - t) / repeats)
+                    out[name] = (y, iterations, g)
+    finally:
+        model.solver = saved
+    ref = solvers_[0]
+    y0, _, g0 = out[ref]
+    f0 = statistics.median(times[ref]["fwd"])
+    b0 = statistics.median(times[ref]["grad"])
+    rows = []
+    for name in solvers_:
+        y, iterations, g = out[name]
+        f, b = statistics.median(times[name]["fwd"]), statistics.median(times[name]["grad"])
+        rows.append(
+            {
+                "solver": name,
+                "iterations": iterations,
+                "forward_us": 1e6 * f,
+                "forward_grad_us": 1e6 * b,
+                "speedup_forward": f0 / f,
+                "speedup_forward_grad": b0 / b,
+                "max_abs_dlogit": float((y - y0).abs().max()),
+                "same_predictions": bool((y.argmax(1) == y0.argmax(1)).all()),
+                "max_abs_dgrad": float((g - g0).abs().max()),
+            }
+        )
+    return rows
+
+
+def _solver_table(rows: list[dict]) -> str:
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        cells = []
+        for k in keys:
+            v = r[k]
+            if k.endswith("_us"):
+                cells.append(f"{v:,.0f}")
+            elif k.startswith("speedup"):
+                cells.append(f"{v:.2f}x")
+            elif isinstance(v, float):
+                cells.append(f"{v:.2g}")
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m nemon.bench.forward",
@@ -97,6 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="alternations of the two paths")
     p.add_argument("--repeats", type=int, default=100, help="forwards per path and round")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--solvers",
+        nargs="+",
+        metavar="SOLVER",
+        help="also time these solvers against the first, frozen: a forward and a forward with "
+        "the input gradient, --repeats/10 of each per round (e.g. average anderson)",
+    )
     args = p.parse_args(argv)
     folder = Path(args.model_dir)
     try:
@@ -123,6 +218,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# medians over {args.rounds} alternating rounds of {args.repeats} forwards each")
     for key, value in row.items():
         print(f"{key:16s} {value:.4g}" if isinstance(value, float) else f"{key:16s} {value}")
+    if args.solvers:
+        labels = ds.test_y[idx].long()
+        rows = measure_solvers(
+            model,
+            u,
+            labels,
+            solvers_=args.solvers,
+            tol=args.tol,
+            rounds=args.rounds,
+            repeats=max(1, args.repeats // 10),
+        )
+        print(f"# solvers, frozen weights, {args.rounds} alternating rounds, medians:")
+        print(_solver_table(rows))
     return 0
 
 
