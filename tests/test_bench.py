@@ -621,6 +621,9 @@ def test_forward_bench_refuses_what_it_cannot_time(tmp_path):
     (tmp_path / "metrics.json").write_text('{"model": "mlp"}')
     with pytest.raises(ConfigurationError, match="give a NEMON model"):
         forward.main([str(tmp_path)])
+    (tmp_path / "metrics.json").write_text('{"model": "nemon"}')
+    with pytest.raises(ConfigurationError, match="unknown solver 'newton'"):
+        forward.main([str(tmp_path), "--solvers", "average", "newton"])
 
 
 def test_median_run_keeps_the_median_run_and_the_range():

@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("images", "rounds", "repeats", "threads"):
         if getattr(args, name) < 1:
             raise ConfigurationError(f"--{name} must be at least 1")
+    for name in args.solvers or ():
+        solvers.get_solver(name)  # an unknown name fails before any timing
     torch.set_num_threads(args.threads)
     model = load_model(folder / "model.pt", sha256=metrics["model_sha256"]).eval()
     ds = load_dataset(metrics["dataset"], progress=False)
