@@ -37,6 +37,7 @@ from .. import core, solvers
 from ..errors import ConfigurationError
 from ..model import NEMON
 from .config import HIDDEN, IN_FEATURES
+from .report import grid
 from .timing import sync
 
 CASES = ("call", "iteration", "solve")
@@ -212,12 +213,7 @@ def format_rows(rows: list[dict], markdown: bool = False) -> str:
             return f"{v:.1f}"
         return str(v)
 
-    if markdown:
-        lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-        lines += ["| " + " | ".join(cell(r, k) for k in keys) + " |" for r in rows]
-    else:
-        lines = ["  ".join(f"{k:>12s}" for k in keys)]
-        lines += ["  ".join(f"{cell(r, k):>12s}" for k in keys) for r in rows]
+    lines = [grid(keys, [[cell(r, k) for k in keys] for r in rows], markdown)]
     lines += [f"- {r['case']}: {r['note']}" for r in rows if "note" in r]
     return "\n".join(lines)
 

@@ -34,6 +34,7 @@ from .. import solvers
 from ..contracts import load_model
 from ..data import load_dataset, stratified_subset
 from ..errors import ConfigurationError
+from .report import grid
 
 
 def _time_forwards(model: nn.Module, u: Tensor, repeats: int) -> tuple[float, float, Tensor]:
@@ -154,23 +155,12 @@ def measure_solvers(
     return rows
 
 
-def _solver_table(rows: list[dict]) -> str:
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in rows:
-        cells = []
-        for k in keys:
-            v = r[k]
-            if k.endswith("_us"):
-                cells.append(f"{v:,.0f}")
-            elif k.startswith("speedup"):
-                cells.append(f"{v:.2f}x")
-            elif isinstance(v, float):
-                cells.append(f"{v:.2g}")
-            else:
-                cells.append(str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def _solver_cell(key: str, v) -> str:
+    if key.endswith("_us"):
+        return f"{v:,.0f}"
+    if key.startswith("speedup"):
+        return f"{v:.2f}x"
+    return f"{v:.2g}" if isinstance(v, float) else str(v)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             repeats=max(1, args.repeats // 10),
         )
         print(f"# solvers, frozen weights, {args.rounds} alternating rounds, medians:")
-        print(_solver_table(rows))
+        keys = list(rows[0])
+        print(grid(keys, [[_solver_cell(k, r[k]) for k in keys] for r in rows], markdown=True))
     return 0
 
 

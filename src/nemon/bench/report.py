@@ -176,10 +176,8 @@ def _cell(row: dict, key: str, fmt: str) -> str:
     return fmt.format(val)
 
 
-def format_table(rows: list[dict], markdown: bool = False) -> str:
-    """One line per row; Markdown (the README's format) or aligned plain text."""
-    head = [h for _, h, _ in COLUMNS]
-    body = [[_cell(r, k, f) for k, _, f in COLUMNS] for r in rows]
+def grid(head: list[str], body: list[list[str]], markdown: bool = False) -> str:
+    """Cells as a Markdown table (the README's format) or as right-aligned plain text."""
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         lines += ["| " + " | ".join(b) + " |" for b in body]
@@ -190,3 +188,10 @@ def format_table(rows: list[dict], markdown: bool = False) -> str:
         return "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
 
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def format_table(rows: list[dict], markdown: bool = False) -> str:
+    """One line per row; Markdown (the README's format) or aligned plain text."""
+    head = [h for _, h, _ in COLUMNS]
+    body = [[_cell(r, k, f) for k, _, f in COLUMNS] for r in rows]
+    return grid(head, body, markdown)
