@@ -78,6 +78,8 @@ class SolveCounts:
     max_tol: float = math.nan
     max_residual: float = math.nan
     max_iterations: int = 0
+    forward_iterations: int = 0  # summed over the forward solves
+    backward_iterations: int = 0
 
     @property
     def solves(self) -> int:
@@ -91,9 +93,11 @@ class SolveCounts:
         if which == "forward":
             self.forward_solves += 1
             self.forward_unconverged += not stats.converged
+            self.forward_iterations += int(stats.iterations)
         else:
             self.backward_solves += 1
             self.backward_unconverged += not stats.converged
+            self.backward_iterations += int(stats.iterations)
         if tol is not None:
             self.max_tol = _nanmax(self.max_tol, float(tol))
         self.max_residual = _nanmax(self.max_residual, float(stats.residual))
@@ -141,6 +145,9 @@ class AttackResult:
     # AutoAttack: inputs still unbroken before the first and after each component, as the
     # components themselves judged them (at ``tol``), summed over batches.
     remaining_after: tuple[int, ...] = ()
+    # the attack's solves started from the last solution (NEMON.warm_starts); False also for
+    # a model without that method, whose solves (if any) start cold
+    warm_start: bool = False
 
     @property
     def accuracy(self) -> float:
@@ -170,6 +177,7 @@ class AttackResult:
             "batch_size": self.batch_size,
             "version": self.version,
             "n_queries": self.n_queries,
+            "warm_start": self.warm_start,
             "wall_time_s": self.wall_time_s,
         }
         for stage, counts in (("attack", self.attack_solves), ("eval", self.eval_solves)):
@@ -327,6 +335,16 @@ def frozen_weights(model: nn.Module) -> AbstractContextManager:
     """The model's ``frozen_weights()`` where it has one (NEMON): weight-only work done once."""
     frozen = getattr(model, "frozen_weights", None)
     return frozen() if frozen is not None else nullcontext()
+
+
+def warm_starts(model: nn.Module, enabled: bool = True) -> AbstractContextManager:
+    """The model's ``warm_starts(enabled)`` where it has one (NEMON), else nothing."""
+    warm = getattr(model, "warm_starts", None)
+    return warm(enabled) if warm is not None else nullcontext()
+
+
+def _supports_warm_start(model: nn.Module) -> bool:
+    return callable(getattr(model, "warm_starts", None))
 
 
 @contextmanager
@@ -505,11 +523,13 @@ def _run_attack(
     attack_fn: Callable[[_Prepared, Tensor], Tensor],
     min_classes: int = 2,
     image_dtype: torch.dtype | None = None,
+    warm_start: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, SolveCounts, SolveCounts, float]:
     """Clean check, attack at ``tol``, validity check and final check at ``eval_tol``.
 
     ``attack_fn(prep, idx)`` returns adversarial images for ``prep.x[idx]``
-    (the clean-correct inputs); it runs at ``tol``/``max_iter``.
+    (the clean-correct inputs); it runs at ``tol``/``max_iter``, with warm starts
+    if ``warm_start``. The clean and final checks always start cold.
     """
     start = time.perf_counter()
     device, dtype = _device_dtype(model, u)
@@ -536,7 +556,7 @@ def _run_attack(
         idx = clean_correct.nonzero().flatten()
         if idx.numel():
             inst.log = attack_log
-            with _solving_at(model, tol, max_iter):
+            with _solving_at(model, tol, max_iter), warm_starts(model, warm_start):
                 adv[idx] = attack_fn(prep, idx).detach()
         _check_adversarial(adv, x, eps, name)
         _check_adversarial(adv.reshape(u.shape), u, eps, name)
@@ -567,6 +587,7 @@ def _common_checks(
     eval_max_iter: int | None,
     batch_size: int,
     where: str,
+    warm_start: bool = False,
 ) -> tuple[float, float, int]:
     if not isinstance(model, nn.Module):
         raise ConfigurationError(f"{where}: model must be a torch.nn.Module")
@@ -576,6 +597,8 @@ def _common_checks(
     _check_positive("tol", tol, where)
     _check_int("max_iter", max_iter, 1, where)
     _check_int("batch_size", batch_size, 1, where)
+    if not isinstance(warm_start, bool):
+        raise ConfigurationError(f"{where}: warm_start must be True or False, got {warm_start!r}")
     eval_tol = tol if eval_tol is None else _check_positive("eval_tol", eval_tol, where)
     eval_max_iter = (
         max_iter if eval_max_iter is None else _check_int("eval_max_iter", eval_max_iter, 1, where)
@@ -599,6 +622,7 @@ def pgd(
     eval_tol: float | None = None,
     eval_max_iter: int | None = None,
     batch_size: int = 1000,
+    warm_start: bool = False,
 ) -> AttackResult:
     """l_inf PGD with random start and ``restarts`` restarts (MATH 11), via ``torchattacks.PGD``.
 
@@ -621,10 +645,27 @@ def pgd(
     also on error. Deterministic on the CPU for a given ``seed`` and
     ``batch_size`` (a batch is solved together, and the random starts are
     drawn per batch); the caller's global RNG state is left untouched.
+
+    ``warm_start``: the attack's solves start from the last solution of the same
+    batch shape (:meth:`nemon.model.NEMON.warm_starts`; models without it start
+    cold). Each step moves the inputs a little, so this saves iterations; the
+    results agree with cold starts to the attack's tolerance, not bit for bit.
+    The clean, per-restart and final checks start cold either way.
     """
     where = "pgd"
     eps, eval_tol, eval_max_iter = _common_checks(
-        model, u, labels, eps, seed, tol, max_iter, eval_tol, eval_max_iter, batch_size, where
+        model,
+        u,
+        labels,
+        eps,
+        seed,
+        tol,
+        max_iter,
+        eval_tol,
+        eval_max_iter,
+        batch_size,
+        where,
+        warm_start,
     )
     _check_int("steps", steps, 1, where)
     _check_int("restarts", restarts, 1, where)
@@ -650,7 +691,7 @@ def pgd(
             # which inputs this restart broke, judged as the final check judges them
             inst_log = prep.inst.log
             prep.inst.log = prep.eval_log
-            with _solving_at(model, eval_tol, eval_max_iter):
+            with _solving_at(model, eval_tol, eval_max_iter), warm_starts(model, False):
                 pred = _predict(prep.inst, out[todo], batch_size).argmax(dim=1)
             prep.inst.log = inst_log
             alive[todo] = pred == prep.labels[idx[todo]]
@@ -669,6 +710,7 @@ def pgd(
         batch_size=batch_size,
         image_shape=None,
         attack_fn=attack_fn,
+        warm_start=warm_start,
     )
     return AttackResult(
         attack="pgd",
@@ -688,6 +730,7 @@ def pgd(
         attack_solves=attack_log,
         eval_solves=eval_log,
         wall_time_s=wall,
+        warm_start=bool(warm_start and _supports_warm_start(model)),
     )
 
 
@@ -738,6 +781,7 @@ def autoattack(
     n_queries: int = 5000,
     image_shape: tuple[int, int, int] | None = None,
     batch_size: int = 1000,
+    warm_start: bool = False,
 ) -> AttackResult:
     """AutoAttack (Croce and Hein 2020) via ``torchattacks.AutoAttack`` (MATH 11).
 
@@ -761,10 +805,23 @@ def autoattack(
     ones; the model still solves, and the final check classifies, in its own
     dtype. So ``adversarial`` is float32, and the clean inputs are judged after
     rounding to float32 (exact for 8-bit images divided by 255 in float32).
+    ``warm_start`` as in :func:`pgd` (Square's queries differ from the best
+    point by one small square, APGD's and FAB's steps are small).
     """
     where = "autoattack"
     eps, eval_tol, eval_max_iter = _common_checks(
-        model, u, labels, eps, seed, tol, max_iter, eval_tol, eval_max_iter, batch_size, where
+        model,
+        u,
+        labels,
+        eps,
+        seed,
+        tol,
+        max_iter,
+        eval_tol,
+        eval_max_iter,
+        batch_size,
+        where,
+        warm_start,
     )
     if norm not in AUTOATTACK_NORMS:
         raise ConfigurationError(
@@ -815,6 +872,7 @@ def autoattack(
         attack_fn=attack_fn,
         min_classes=4,
         image_dtype=torch.float32,
+        warm_start=warm_start,
     )
     return AttackResult(
         attack="autoattack",
@@ -838,6 +896,7 @@ def autoattack(
         n_queries=n_queries,
         components=tuple(used.get("components", ())),
         remaining_after=tuple(used.get("remaining", ())),
+        warm_start=bool(warm_start and _supports_warm_start(model)),
     )
 
 

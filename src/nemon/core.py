@@ -130,6 +130,33 @@ class LayerSpec:
     # (A, M, R, alpha, rho, Amat) already built from the weights this call passes
     # (:meth:`nemon.model.NEMON.frozen_weights`); None: built here
     prepared: tuple | None = field(default=None, repr=False)
+    # where the solves start (:meth:`nemon.model.NEMON.warm_starts`), per kind and shape, updated
+    # by every solve: forward from the last x*, backward from g + the last (w - g); None: cold,
+    # forward from zero and backward from g
+    warm: dict | None = field(default=None, repr=False)
+
+
+def _warm_key(kind: str, t: Tensor) -> tuple:
+    return (kind, tuple(t.shape), t.dtype, t.device)
+
+
+def _start(spec: LayerSpec, kind: str, like: Tensor, cold: Tensor | None) -> Tensor | None:
+    """What the last ``kind`` solve of ``like``'s shape left (:func:`_remember`), else ``cold``.
+
+    Any start converges to the same fixed point (the averaged map contracts, MATH 3), and
+    the stopping rule and error bound read the last step only, so a warm start changes the
+    iteration count and the rounding of the result, never what it approximates.
+    """
+    if spec.warm is None:
+        return cold
+    x0 = spec.warm.get(_warm_key(kind, like))
+    return cold if x0 is None else x0
+
+
+def _remember(spec: LayerSpec, kind: str, x: Tensor) -> None:
+    """For the next solve of ``x``'s shape: the forward's ``x*``, the backward's ``w - g``."""
+    if spec.warm is not None:
+        spec.warm[_warm_key(kind, x)] = x.detach().clone()
 
 
 def prepare_layer(T: Tensor, d: Tensor | None, gamma: Tensor, embedded: bool) -> tuple:
@@ -208,7 +235,9 @@ class ImplicitLayer(torch.autograd.Function):
         A, _, R, alpha, rho, Amat = prepared
         with torch.no_grad():
             make_F = _forward_factory(Amat, inj)
-            x, rec = _solve(spec, make_F, torch.zeros_like(inj), alpha, rho)
+            x0 = _start(spec, "forward", inj, torch.zeros_like(inj))
+            x, rec = _solve(spec, make_F, x0, alpha, rho)
+            _remember(spec, "forward", x)
             rec.x = x
             mask = torch.baddbmm(inj, x, Amat.transpose(1, 2)) > 0  # J = diag(Phi'(z*))
         spec.forward = rec
@@ -226,7 +255,11 @@ class ImplicitLayer(torch.autograd.Function):
         J = mask.to(gx.dtype)
         g = gx.contiguous()
         alpha, rho = ctx.constants
-        w, rec = _solve(spec, _adjoint_factory(Amat, g, J), g.clone(), alpha, rho)
+        # warm: g plus the last solution's A^T J w (= w - g), which moves less than w does
+        shift = _start(spec, "backward", g, None)
+        w0 = g.clone() if shift is None else g + shift
+        w, rec = _solve(spec, _adjoint_factory(Amat, g, J), w0, alpha, rho)
+        _remember(spec, "backward", w - g)
         spec.backward = rec
         if callable(spec.on_backward):
             spec.on_backward(rec)

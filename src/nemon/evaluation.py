@@ -66,6 +66,9 @@ class EvalSettings:
     lower_bound_images: int = 8
     lower_bound_steps: int = 30
     lower_bound_step_size: float = 0.02
+    # PGD's and AutoAttack's solves start from the last solution (NEMON.warm_starts); the
+    # committed results were made with cold starts
+    warm_start: bool = False
 
     def __post_init__(self) -> None:
         for name in ("inversion_eps", "lipschitz_eps", "interval_eps"):
@@ -106,6 +109,7 @@ class EvalSettings:
             lower_bound_images=cfg["lipschitz_lower"]["images"],
             lower_bound_steps=cfg["lipschitz_lower"]["steps"],
             lower_bound_step_size=cfg["lipschitz_lower"]["step_size"],
+            warm_start=cfg["warm_start"],
         )
 
 
@@ -257,6 +261,7 @@ def _evaluate_model(
                 eval_tol=s.tol,
                 eval_max_iter=s.max_iter,
                 batch_size=bs,
+                warm_start=s.warm_start,
             )
             if name == "pgd":
                 res = attacks.pgd(

@@ -379,6 +379,7 @@ class NEMON(nn.Module):
             stop=self.stop,
             embedded=embedded,
             on_backward=self._record_backward,
+            warm=self.__dict__.get("_warm"),
         )
 
     def _warn_once(self, key: str, msg: str, category: type[Warning]) -> None:
@@ -503,6 +504,29 @@ class NEMON(nn.Module):
             if not state["_frozen_depth"]:
                 state["_frozen"] = None
 
+    @contextmanager
+    def warm_starts(self, enabled: bool = True) -> Iterator[NEMON]:
+        """Inside, every solve starts where the last solve of its kind and shape ended.
+
+        A forward solve starts from the last ``x*``, a backward one from its gradient
+        ``g`` plus the last solution's ``A^T J w`` (``w - g``, which moves less than
+        ``w``). Outside (and with ``enabled=False``, which suspends an enclosing one) a
+        forward solve starts from zero and a backward one from ``g``. An
+        attack's successive inputs differ a little, so their equilibria do too: starting
+        from the last one saves iterations (``python -m nemon.bench.attacks``). The
+        fixed point, the stopping rule and the error bound do not depend on the start
+        (MATH 3, 12), so results agree with cold starts to the solver's tolerance, not
+        bit for bit. The remembered solutions are dropped on exit; a copy of the model
+        starts without them. Nests.
+        """
+        state = self.__dict__
+        before = state.get("_warm")
+        state["_warm"] = (before if before is not None else {}) if enabled else None
+        try:
+            yield self
+        finally:
+            state["_warm"] = before
+
     def _frozen_state(self) -> _FrozenWeights | None:
         """The weights' derived quantities inside :meth:`frozen_weights`, else None."""
         state = self.__dict__
@@ -599,7 +623,7 @@ class NEMON(nn.Module):
 
     def __getstate__(self) -> dict[str, Any]:  # a copy starts outside frozen_weights
         state = super().__getstate__()
-        return {k: v for k, v in state.items() if k not in ("_frozen", "_frozen_depth")}
+        return {k: v for k, v in state.items() if k not in ("_frozen", "_frozen_depth", "_warm")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # keep pickled models usable
         super().__setstate__(state)

@@ -1,0 +1,222 @@
+"""What warm starts save in the evaluation's attacks, and what they change.
+
+``python -m nemon.bench.attacks results/mnist-5k/models/nemon/lipschitz/g0.9_l0.01_s2``
+runs PGD and AutoAttack on a committed model exactly as its evaluation did (the
+settings recorded in its ``evaluation.json``: eps, subset, steps, restarts, queries,
+tolerances), once with every solve starting cold (from zero; the committed path)
+and once with warm starts (:meth:`nemon.model.NEMON.warm_starts`: each solve of the
+attack starts from the last solution), alternating in rounds in one process on one
+thread. Per attack it reports the median wall time of each way, the ratio, the mean
+iterations of the attack's forward and backward solves, the robust accuracies, and
+how many (image, eps) outcomes differ between the two. The cold run is checked
+against the model's committed ``robustness.csv``: it must give the committed
+accuracies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from .. import attacks
+from ..contracts import load_model
+from ..data import load_dataset, stratified_subset
+from ..errors import ConfigurationError
+from ..evaluation import AttackSettings, EvalSettings
+from ..training import to_pixels
+from .report import grid
+
+ATTACKS = ("pgd", "autoattack")
+
+
+def settings_of(record: dict) -> EvalSettings:
+    """The :class:`EvalSettings` an ``evaluation.json`` record was made with."""
+    s = dict(record["settings"])
+    for name in ("pgd", "autoattack"):
+        a = dict(s[name])
+        a["eps"] = tuple(a["eps"])
+        s[name] = AttackSettings(**a)
+    for name in ("inversion_eps", "lipschitz_eps", "interval_eps"):
+        s[name] = tuple(s[name])
+    return EvalSettings(**s)
+
+
+def run_attack(
+    model: nn.Module, name: str, X: Tensor, Y: Tensor, s: EvalSettings, *, warm: bool
+) -> dict:
+    """One attack at every eps of its settings, as the evaluation runs it."""
+    atk = getattr(s, name)
+    idx = stratified_subset(Y, min(atk.images, len(Y)), seed=s.subset_seed)
+    u, y = X[idx], Y[idx]
+    common = dict(
+        seed=s.subset_seed,
+        tol=s.attack_tol,
+        max_iter=s.max_iter,
+        eval_tol=s.tol,
+        eval_max_iter=s.max_iter,
+        batch_size=s.batch_size,
+        warm_start=warm,
+    )
+    robust, fwd, bwd, n_fwd, n_bwd = {}, 0, 0, 0, 0
+    t = time.perf_counter()
+    for eps in atk.eps:
+        if name == "pgd":
+            res = attacks.pgd(model, u, y, eps, steps=atk.steps, restarts=atk.restarts, **common)
+        else:
+            res = attacks.autoattack(
+                model, u, y, eps, steps=atk.steps, n_queries=atk.queries, **common
+            )
+        if warm and not res.warm_start:
+            raise ConfigurationError(f"{type(model).__name__} has no warm starts to measure")
+        robust[eps] = res.robust
+        c = res.attack_solves
+        fwd, bwd = fwd + c.forward_iterations, bwd + c.backward_iterations
+        n_fwd, n_bwd = n_fwd + c.forward_solves, n_bwd + c.backward_solves
+    return {
+        "seconds": time.perf_counter() - t,
+        "robust": robust,
+        "fwd_it": fwd / max(n_fwd, 1),
+        "bwd_it": bwd / max(n_bwd, 1),
+    }
+
+
+def measure(
+    model: nn.Module,
+    X: Tensor,
+    Y: Tensor,
+    s: EvalSettings,
+    *,
+    attacks_: Sequence[str] = ATTACKS,
+    rounds: int = 1,
+) -> list[dict]:
+    """Cold against warm starts for each attack, alternating in ``rounds``; one row each."""
+    rows = []
+    with attacks.frozen_weights(model):
+        for name in attacks_:
+            if not getattr(s, name).eps:
+                continue
+            runs: dict[bool, list[dict]] = {False: [], True: []}
+            for r in range(rounds):
+                for warm in (False, True) if r % 2 == 0 else (True, False):
+                    runs[warm].append(run_attack(model, name, X, Y, s, warm=warm))
+            cold, warm = runs[False][-1], runs[True][-1]
+            for w in (False, True):  # a run must not depend on the round it was made in
+                for other in runs[w][:-1]:
+                    if any(
+                        not torch.equal(other["robust"][e], runs[w][-1]["robust"][e])
+                        for e in other["robust"]
+                    ):
+                        raise RuntimeError(f"{name}: two runs with warm={w} disagree")
+            cold_s = statistics.median(r["seconds"] for r in runs[False])
+            warm_s = statistics.median(r["seconds"] for r in runs[True])
+            rows.append(
+                {
+                    "attack": name,
+                    "eps": " ".join(f"{e:g}" for e in cold["robust"]),
+                    "images": int(next(iter(cold["robust"].values())).numel()),
+                    "cold_s": cold_s,
+                    "warm_s": warm_s,
+                    "speedup": cold_s / warm_s,
+                    "cold_fwd_it": cold["fwd_it"],
+                    "warm_fwd_it": warm["fwd_it"],
+                    "cold_bwd_it": cold["bwd_it"],
+                    "warm_bwd_it": warm["bwd_it"],
+                    "cold_acc": " ".join(
+                        f"{float(v.float().mean()):.3f}" for v in cold["robust"].values()
+                    ),
+                    "warm_acc": " ".join(
+                        f"{float(v.float().mean()):.3f}" for v in warm["robust"].values()
+                    ),
+                    "differ": sum(
+                        int((cold["robust"][e] != warm["robust"][e]).sum()) for e in cold["robust"]
+                    ),
+                    "_cold_robust": cold["robust"],
+                }
+            )
+    return rows
+
+
+def check_committed(rows: list[dict], committed: pd.DataFrame, where: str) -> None:
+    """The cold runs must give the accuracies of the model's committed ``robustness.csv``."""
+    for row in rows:
+        for eps, robust in row["_cold_robust"].items():
+            sel = committed[(committed["attack"] == row["attack"]) & (committed["eps"] == eps)]
+            if sel.empty:
+                raise ConfigurationError(f"{where}: no committed {row['attack']} row at eps {eps}")
+            want = float(sel["accuracy"].iloc[0])
+            got = int(robust.sum()) / robust.numel()
+            if abs(want - got) > 0.5 / robust.numel():  # the same count of robust images
+                raise RuntimeError(
+                    f"{where}: cold {row['attack']} at eps {eps} gives {got:.4f}, the committed "
+                    f"robustness.csv {want:.4f}: this code does not reproduce the committed run"
+                )
+
+
+def _cell(key: str, v) -> str:
+    if isinstance(v, float):
+        return f"{v:.2f}x" if key == "speedup" else f"{v:.1f}"
+    return str(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m nemon.bench.attacks",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model_dirs", nargs="+", help="model folders with an evaluation.json")
+    p.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
+    p.add_argument("--rounds", type=int, default=1, help="alternations of cold and warm")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    args = p.parse_args(argv)
+    for name in ("rounds", "threads"):
+        if getattr(args, name) < 1:
+            raise ConfigurationError(f"--{name} must be at least 1")
+    torch.set_num_threads(args.threads)
+    table, data = [], {}
+    for d in args.model_dirs:
+        folder = Path(d)
+        try:
+            metrics = json.loads((folder / "metrics.json").read_text())
+            record = json.loads((folder / "evaluation.json").read_text())
+        except FileNotFoundError as e:
+            raise ConfigurationError(
+                f"{folder}: {Path(e.filename).name} missing; give an evaluated model folder of "
+                "the workflow, e.g. results/mnist-5k/models/nemon/lipschitz/g0.9_l0.01_s2"
+            ) from None
+        if metrics["model"] not in ("nemon", "nemon-unweighted"):
+            raise ConfigurationError(f"{folder}: a {metrics['model']} model; give a NEMON model")
+        if not (folder / "model.pt").exists():
+            raise ConfigurationError(f"{folder}: model.pt missing (run the workflow to train it)")
+        model = load_model(folder / "model.pt", sha256=metrics["model_sha256"]).eval()
+        if metrics["dataset"] not in data:
+            ds = load_dataset(metrics["dataset"], progress=False)
+            data[metrics["dataset"]] = (to_pixels(ds.test_x), ds.test_y.long())
+        X, Y = data[metrics["dataset"]]
+        s = settings_of(record)
+        rows = measure(model, X, Y, s, attacks_=args.attacks, rounds=args.rounds)
+        committed = folder / "robustness.csv"
+        if committed.exists():
+            check_committed(rows, pd.read_csv(committed), str(folder))
+        for r in rows:
+            r.pop("_cold_robust")
+            table.append({"model": folder.name, **r})
+        print(f"# {folder}: done", file=sys.stderr, flush=True)
+    keys = list(table[0])
+    print(f"# cold vs warm starts, {args.rounds} round(s), {args.threads} thread(s), medians")
+    print(grid(keys, [[_cell(k, r[k]) for k in keys] for r in table], markdown=args.markdown))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
