@@ -113,6 +113,41 @@ class EvalSettings:
         )
 
 
+def run_attack(
+    model: nn.Module,
+    name: str,
+    u: Tensor,
+    labels: Tensor,
+    eps: float,
+    settings: EvalSettings,
+    *,
+    warm_start: bool | None = None,
+) -> attacks.AttackResult:
+    """``name`` ("pgd" or "autoattack") at ``eps`` as the evaluation runs it.
+
+    Solver tolerances, budgets and seed from ``settings``; ``warm_start``
+    overrides ``settings.warm_start`` (``python -m nemon.bench.attacks``).
+    """
+    s = settings
+    atk = getattr(s, name)
+    common = dict(
+        seed=s.subset_seed,
+        tol=s.attack_tol,
+        max_iter=s.max_iter,
+        eval_tol=s.tol,
+        eval_max_iter=s.max_iter,
+        batch_size=s.batch_size,
+        warm_start=s.warm_start if warm_start is None else warm_start,
+    )
+    if name == "pgd":
+        return attacks.pgd(model, u, labels, eps, steps=atk.steps, restarts=atk.restarts, **common)
+    if name == "autoattack":
+        return attacks.autoattack(
+            model, u, labels, eps, steps=atk.steps, n_queries=atk.queries, **common
+        )
+    raise ConfigurationError(f"unknown attack {name!r}; choose pgd or autoattack")
+
+
 class _Counter:
     """Counts the model's non-converged solves by catching its warnings (one per call)."""
 
@@ -254,23 +289,7 @@ def _evaluate_model(
         t0 = time.perf_counter()
         for eps in atk.eps:
             u, y = X[idx].to(dev, dt), Y[idx].to(dev)
-            common = dict(
-                seed=s.subset_seed,
-                tol=s.attack_tol,
-                max_iter=s.max_iter,
-                eval_tol=s.tol,
-                eval_max_iter=s.max_iter,
-                batch_size=bs,
-                warm_start=s.warm_start,
-            )
-            if name == "pgd":
-                res = attacks.pgd(
-                    model, u, y, eps, steps=atk.steps, restarts=atk.restarts, **common
-                )
-            else:
-                res = attacks.autoattack(
-                    model, u, y, eps, steps=atk.steps, n_queries=atk.queries, **common
-                )
+            res = run_attack(model, name, u, y, eps, s)
             ok = torch.zeros(N, dtype=torch.bool)
             ok[idx] = res.robust.cpu()
             with (

@@ -31,7 +31,7 @@ from .. import attacks
 from ..contracts import load_model
 from ..data import load_dataset, stratified_subset
 from ..errors import ConfigurationError
-from ..evaluation import AttackSettings, EvalSettings
+from ..evaluation import AttackSettings, EvalSettings, run_attack
 from ..training import to_pixels
 from .report import grid
 
@@ -50,31 +50,17 @@ def settings_of(record: dict) -> EvalSettings:
     return EvalSettings(**s)
 
 
-def run_attack(
+def run_attack_set(
     model: nn.Module, name: str, X: Tensor, Y: Tensor, s: EvalSettings, *, warm: bool
 ) -> dict:
     """One attack at every eps of its settings, as the evaluation runs it."""
     atk = getattr(s, name)
     idx = stratified_subset(Y, min(atk.images, len(Y)), seed=s.subset_seed)
     u, y = X[idx], Y[idx]
-    common = dict(
-        seed=s.subset_seed,
-        tol=s.attack_tol,
-        max_iter=s.max_iter,
-        eval_tol=s.tol,
-        eval_max_iter=s.max_iter,
-        batch_size=s.batch_size,
-        warm_start=warm,
-    )
     robust, fwd, bwd, n_fwd, n_bwd = {}, 0, 0, 0, 0
     t = time.perf_counter()
     for eps in atk.eps:
-        if name == "pgd":
-            res = attacks.pgd(model, u, y, eps, steps=atk.steps, restarts=atk.restarts, **common)
-        else:
-            res = attacks.autoattack(
-                model, u, y, eps, steps=atk.steps, n_queries=atk.queries, **common
-            )
+        res = run_attack(model, name, u, y, eps, s, warm_start=warm)
         if warm and not res.warm_start:
             raise ConfigurationError(f"{type(model).__name__} has no warm starts to measure")
         robust[eps] = res.robust
@@ -107,7 +93,7 @@ def measure(
             runs: dict[bool, list[dict]] = {False: [], True: []}
             for r in range(rounds):
                 for warm in (False, True) if r % 2 == 0 else (True, False):
-                    runs[warm].append(run_attack(model, name, X, Y, s, warm=warm))
+                    runs[warm].append(run_attack_set(model, name, X, Y, s, warm=warm))
             cold, warm = runs[False][-1], runs[True][-1]
             for w in (False, True):  # a run must not depend on the round it was made in
                 for other in runs[w][:-1]:
