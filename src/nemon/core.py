@@ -259,7 +259,8 @@ class ImplicitLayer(torch.autograd.Function):
         shift = _start(spec, "backward", g, None)
         w0 = g.clone() if shift is None else g + shift
         w, rec = _solve(spec, _adjoint_factory(Amat, g, J), w0, alpha, rho)
-        _remember(spec, "backward", w - g)
+        if spec.warm is not None:  # the cold path does no extra work
+            _remember(spec, "backward", w - g)
         spec.backward = rec
         if callable(spec.on_backward):
             spec.on_backward(rec)
