@@ -531,6 +531,8 @@ def _run_attack(
     (the clean-correct inputs); it runs at ``tol``/``max_iter``, with warm starts
     if ``warm_start``. The clean and final checks always start cold.
     """
+    if not isinstance(warm_start, bool):
+        raise ConfigurationError(f"{name}: warm_start must be True or False, got {warm_start!r}")
     start = time.perf_counter()
     device, dtype = _device_dtype(model, u)
     x = _image_batch(u, image_shape, name) if name == "autoattack" else u
@@ -587,7 +589,6 @@ def _common_checks(
     eval_max_iter: int | None,
     batch_size: int,
     where: str,
-    warm_start: bool = False,
 ) -> tuple[float, float, int]:
     if not isinstance(model, nn.Module):
         raise ConfigurationError(f"{where}: model must be a torch.nn.Module")
@@ -597,8 +598,6 @@ def _common_checks(
     _check_positive("tol", tol, where)
     _check_int("max_iter", max_iter, 1, where)
     _check_int("batch_size", batch_size, 1, where)
-    if not isinstance(warm_start, bool):
-        raise ConfigurationError(f"{where}: warm_start must be True or False, got {warm_start!r}")
     eval_tol = tol if eval_tol is None else _check_positive("eval_tol", eval_tol, where)
     eval_max_iter = (
         max_iter if eval_max_iter is None else _check_int("eval_max_iter", eval_max_iter, 1, where)
@@ -654,18 +653,7 @@ def pgd(
     """
     where = "pgd"
     eps, eval_tol, eval_max_iter = _common_checks(
-        model,
-        u,
-        labels,
-        eps,
-        seed,
-        tol,
-        max_iter,
-        eval_tol,
-        eval_max_iter,
-        batch_size,
-        where,
-        warm_start,
+        model, u, labels, eps, seed, tol, max_iter, eval_tol, eval_max_iter, batch_size, where
     )
     _check_int("steps", steps, 1, where)
     _check_int("restarts", restarts, 1, where)
@@ -810,18 +798,7 @@ def autoattack(
     """
     where = "autoattack"
     eps, eval_tol, eval_max_iter = _common_checks(
-        model,
-        u,
-        labels,
-        eps,
-        seed,
-        tol,
-        max_iter,
-        eval_tol,
-        eval_max_iter,
-        batch_size,
-        where,
-        warm_start,
+        model, u, labels, eps, seed, tol, max_iter, eval_tol, eval_max_iter, batch_size, where
     )
     if norm not in AUTOATTACK_NORMS:
         raise ConfigurationError(
