@@ -128,6 +128,8 @@ def run_attack(
     Solver tolerances, budgets and seed from ``settings``; ``warm_start``
     overrides ``settings.warm_start`` (``python -m nemon.bench.attacks``).
     """
+    if name not in ("pgd", "autoattack"):
+        raise ConfigurationError(f"unknown attack {name!r}; choose pgd or autoattack")
     s = settings
     atk = getattr(s, name)
     common = dict(
@@ -141,11 +143,9 @@ def run_attack(
     )
     if name == "pgd":
         return attacks.pgd(model, u, labels, eps, steps=atk.steps, restarts=atk.restarts, **common)
-    if name == "autoattack":
-        return attacks.autoattack(
-            model, u, labels, eps, steps=atk.steps, n_queries=atk.queries, **common
-        )
-    raise ConfigurationError(f"unknown attack {name!r}; choose pgd or autoattack")
+    return attacks.autoattack(
+        model, u, labels, eps, steps=atk.steps, n_queries=atk.queries, **common
+    )
 
 
 class _Counter:
@@ -287,8 +287,8 @@ def _evaluate_model(
         idx = stratified_subset(Y, n, seed=s.subset_seed)
         subsets[name] = idx
         t0 = time.perf_counter()
+        u, y = X[idx].to(dev, dt), Y[idx].to(dev)
         for eps in atk.eps:
-            u, y = X[idx].to(dev, dt), Y[idx].to(dev)
             res = run_attack(model, name, u, y, eps, s)
             ok = torch.zeros(N, dtype=torch.bool)
             ok[idx] = res.robust.cpu()
