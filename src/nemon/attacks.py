@@ -343,6 +343,12 @@ def warm_starts(model: nn.Module, enabled: bool = True) -> AbstractContextManage
     return warm(enabled) if warm is not None else nullcontext()
 
 
+def error_bounds(model: nn.Module, enabled: bool = True) -> AbstractContextManager:
+    """The model's ``error_bounds(enabled)`` where it has one (NEMON), else nothing."""
+    bounds = getattr(model, "error_bounds", None)
+    return bounds(enabled) if bounds is not None else nullcontext()
+
+
 def _supports_warm_start(model: nn.Module) -> bool:
     return callable(getattr(model, "warm_starts", None))
 
@@ -558,7 +564,12 @@ def _run_attack(
         idx = clean_correct.nonzero().flatten()
         if idx.numel():
             inst.log = attack_log
-            with _solving_at(model, tol, max_iter), warm_starts(model, warm_start):
+            # the attack reads logits and gradients only: its solves skip the error bound
+            with (
+                _solving_at(model, tol, max_iter),
+                warm_starts(model, warm_start),
+                error_bounds(model, False),
+            ):
                 adv[idx] = attack_fn(prep, idx).detach()
         _check_adversarial(adv, x, eps, name)
         _check_adversarial(adv.reshape(u.shape), u, eps, name)

@@ -123,11 +123,14 @@ class LayerSpec:
     max_iter: int
     stop: str
     embedded: bool = False
-    keep_last_update: bool = True  # a fast training path may skip the error-bound inputs
+    keep_last_update: bool = True  # False: no error-bound inputs (a solve whose bound is unused)
+    # torch.is_grad_enabled() where the layer is called (always False inside forward): without
+    # it no backward can come, and the forward skips the activation pattern the backward reads
+    grad_enabled: bool = True
     forward: SolveRecord | None = None
     backward: SolveRecord | None = None
     on_backward: object = field(default=None, repr=False)  # callable(SolveRecord) or None
-    # (A, M, R, alpha, rho, Amat) already built from the weights this call passes
+    # (A, M, R, alpha, rho, Amat, At) already built from the weights this call passes
     # (:meth:`nemon.model.NEMON.frozen_weights`); None: built here
     prepared: tuple | None = field(default=None, repr=False)
     # where the solves start (:meth:`nemon.model.NEMON.warm_starts`), per kind and shape, updated
@@ -160,11 +163,15 @@ def _remember(spec: LayerSpec, kind: str, x: Tensor) -> None:
 
 
 def prepare_layer(T: Tensor, d: Tensor | None, gamma: Tensor, embedded: bool) -> tuple:
-    """``(A, M, R, alpha, rho, Amat)`` of MATH 2-3 (and 9, ``Amat = embed(A)``), no graph."""
+    """``(A, M, R, alpha, rho, Amat, At)`` of MATH 2-3 (and 9, ``Amat = embed(A)``), no graph.
+
+    ``At``: ``Amat`` transposed, contiguous, the operand of the forward's row-form step.
+    """
     with torch.no_grad():
         A, M, R = build_A(T, d, gamma)
         alpha, rho = step_constants(M, T, gamma)
-        return A, M, R, alpha, rho, embed(A) if embedded else A
+        Amat = embed(A) if embedded else A
+        return A, M, R, alpha, rho, Amat, Amat.transpose(1, 2).contiguous()
 
 
 def _solve(spec: LayerSpec, make_F, x0: Tensor, alpha, rho) -> tuple[Tensor, SolveRecord]:
@@ -191,8 +198,9 @@ def _solve_anderson(spec: LayerSpec, make_F, x0: Tensor, alpha, rho) -> tuple[Te
     return out, SolveRecord("anderson", recs, alpha, rho, step if spec.keep_last_update else None)
 
 
-def _forward_factory(Amat: Tensor, inj: Tensor):
-    At = Amat.transpose(1, 2).contiguous()
+def _forward_factory(Amat: Tensor, inj: Tensor, At: Tensor | None = None):
+    if At is None:
+        At = Amat.transpose(1, 2).contiguous()
 
     def make_F(members: Tensor | None):
         if members is None:
@@ -232,15 +240,18 @@ class ImplicitLayer(torch.autograd.Function):
         prepared = spec.prepared
         if prepared is None:
             prepared = prepare_layer(T, d if spec.weighted else None, spec.gamma, spec.embedded)
-        A, _, R, alpha, rho, Amat = prepared
+        A, _, R, alpha, rho, Amat, At = prepared
         with torch.no_grad():
-            make_F = _forward_factory(Amat, inj)
+            make_F = _forward_factory(Amat, inj, At)
             x0 = _start(spec, "forward", inj, torch.zeros_like(inj))
             x, rec = _solve(spec, make_F, x0, alpha, rho)
             _remember(spec, "forward", x)
             rec.x = x
-            mask = torch.baddbmm(inj, x, Amat.transpose(1, 2)) > 0  # J = diag(Phi'(z*))
         spec.forward = rec
+        if not (spec.grad_enabled and any(ctx.needs_input_grad[:3])):
+            return x  # no backward will come (under no_grad, or nothing requires a gradient)
+        with torch.no_grad():
+            mask = torch.baddbmm(inj, x, Amat.transpose(1, 2)) > 0  # J = diag(Phi'(z*))
         ctx.spec = spec
         ctx.constants = (alpha, rho)
         ctx.save_for_backward(T, A, x, mask, R if R is not None else torch.empty(0))

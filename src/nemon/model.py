@@ -35,6 +35,11 @@ def check_positive_int(name: str, val: Any) -> None:
         raise ConfigurationError(f"{name} must be a positive integer, got {val!r}")
 
 
+def _check_flag(where: str, enabled: Any) -> None:
+    if not isinstance(enabled, bool):
+        raise ConfigurationError(f"{where}(enabled) must be True or False, got {enabled!r}")
+
+
 def check_tol(tol: Any, name: str = "tol") -> float:
     if (
         isinstance(tol, bool)
@@ -369,15 +374,17 @@ class NEMON(nn.Module):
         finally:
             self.tol, self.max_iter, self.stop = saved
 
-    def _spec(self, embedded: bool = False) -> core.LayerSpec:
+    def _spec(self, embedded: bool = False, frozen: _FrozenWeights | None = None) -> core.LayerSpec:
         return core.LayerSpec(
-            gamma=self._gamma_t(),
+            gamma=self._gamma_t() if frozen is None else frozen.gamma,
             weighted=self.weighted,
             solver=self.solver,
             tol=self.tol,
             max_iter=self.max_iter,
             stop=self.stop,
             embedded=embedded,
+            keep_last_update=self.__dict__.get("_error_bounds", True),
+            grad_enabled=torch.is_grad_enabled(),
             on_backward=self._record_backward,
             warm=self.__dict__.get("_warm"),
         )
@@ -519,6 +526,7 @@ class NEMON(nn.Module):
         bit for bit. The remembered solutions are dropped on exit; a copy of the model
         starts without them. Nests.
         """
+        _check_flag("warm_starts", enabled)
         state = self.__dict__
         before = state.get("_warm")
         state["_warm"] = (before if before is not None else {}) if enabled else None
@@ -526,6 +534,28 @@ class NEMON(nn.Module):
             yield self
         finally:
             state["_warm"] = before
+
+    @contextmanager
+    def error_bounds(self, enabled: bool = True) -> Iterator[NEMON]:
+        """With ``enabled=False``, solves inside compute no a-posteriori error bound.
+
+        Every forward and backward solve bounds its distance to the exact fixed point
+        (MATH 3, 12): per sample, from its last step and the rounding of the step, a dozen
+        small operations and a host synchronisation. An attack's thousands of solves on
+        small batches read only logits and gradients, and there that work is a visible
+        share of a forward (README, "Speed"). Inside, ``stats.error_bound`` is NaN and
+        ``last_error_bounds`` None. The iterates, and so every logit and gradient, are
+        the same bit for bit. ``enabled=True`` restores them inside an enclosing
+        ``error_bounds(False)``. Nests.
+        """
+        _check_flag("error_bounds", enabled)
+        state = self.__dict__
+        before = state.get("_error_bounds", True)
+        state["_error_bounds"] = enabled
+        try:
+            yield self
+        finally:
+            state["_error_bounds"] = before
 
     def _frozen_state(self) -> _FrozenWeights | None:
         """The weights' derived quantities inside :meth:`frozen_weights`, else None."""
@@ -555,7 +585,7 @@ class NEMON(nn.Module):
         """
         if frozen is None:
             self._check_weights("T", "d")
-        spec = self._spec(embedded)
+        spec = self._spec(embedded, frozen)
         if frozen is not None:
             spec.prepared = frozen.layer(embedded)
         d = self.d[None] if self.weighted else None
@@ -563,7 +593,9 @@ class NEMON(nn.Module):
         rec = spec.forward
         self._check_precision(x.dtype, rec.rho[0])
         stats = self._report(rec, "forward")
-        if rec.rho[0] < 1 and rec.last_update is not None:
+        if not spec.keep_last_update:  # inside error_bounds(False): none computed
+            bounds = None
+        elif rec.rho[0] < 1 and rec.last_update is not None:
             t_abs = frozen.t_abs if frozen is not None else self._t_abs()
             rho = self._rho_safe(rec.rho[0], x.dtype, t_abs)
             xd, last = x.detach(), rec.last_update[0]
@@ -579,7 +611,8 @@ class NEMON(nn.Module):
             bounds = core.per_sample_bound(rho, last, constants[0], e)
         else:
             bounds = torch.full((x.shape[0],), math.inf, dtype=x.dtype, device=x.device)
-        stats.error_bound = float(bounds.max()) if bounds.numel() else 0.0
+        if bounds is not None:
+            stats.error_bound = float(bounds.max()) if bounds.numel() else 0.0
         self.last_error_bounds = bounds
         self.last_forward_stats = stats
         spec.forward = None  # release the iterates held for the bound
@@ -623,12 +656,15 @@ class NEMON(nn.Module):
 
     def __getstate__(self) -> dict[str, Any]:  # a copy starts outside frozen_weights
         state = super().__getstate__()
-        return {k: v for k, v in state.items() if k not in ("_frozen", "_frozen_depth", "_warm")}
+        return {k: v for k, v in state.items() if k not in _CONTEXT_STATE}
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # keep pickled models usable
         super().__setstate__(state)
         self.__dict__.setdefault("_warned", set())
 
+
+# what the context managers above keep in __dict__: a copy or pickle starts outside them
+_CONTEXT_STATE = ("_frozen", "_frozen_depth", "_warm", "_error_bounds")
 
 WEIGHT_HINTS = {
     "T": "the weights T or d are not finite; the training has diverged",
@@ -645,16 +681,16 @@ class _FrozenWeights:
         model._check_weights("T", "d", "B", "b")
         self.key = key
         self._model_layer = (model.T[None], model.d[None] if model.weighted else None)
-        self._gamma = model._gamma_t()
+        self.gamma = model._gamma_t()
         self._layers: dict[bool, tuple] = {}
         self.rounding = model._rounding_constants()
         self.t_abs = model._t_abs()
 
     def layer(self, embedded: bool) -> tuple:
-        """``(A, M, R, alpha, rho, Amat)`` for :class:`nemon.core.ImplicitLayer`."""
+        """``(A, M, R, alpha, rho, Amat, At)`` for :class:`nemon.core.ImplicitLayer`."""
         if embedded not in self._layers:
             T, d = self._model_layer
-            self._layers[embedded] = core.prepare_layer(T, d, self._gamma, embedded)
+            self._layers[embedded] = core.prepare_layer(T, d, self.gamma, embedded)
         return self._layers[embedded]
 
 

@@ -332,6 +332,7 @@ class ModelStack(nn.Module):
             stop=self.stop,
             embedded=embedded,
             keep_last_update=False,  # training needs no error bound
+            grad_enabled=torch.is_grad_enabled(),
             on_backward=self._record_backward,
         )
 

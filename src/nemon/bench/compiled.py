@@ -61,7 +61,7 @@ class _Problem:
             T = torch.stack([m.T for m in models])
             d = torch.stack([m.d for m in models]) if models[0].weighted else None
             g = torch.full((members,), gamma, device=device)
-            _, _, _, alpha, rho, Amat = core.prepare_layer(T, d, g, False)
+            _, _, _, alpha, rho, Amat, _ = core.prepare_layer(T, d, g, False)
             B = torch.stack([m.B for m in models])
             b = torch.stack([m.b for m in models])
             u_n = models[0].normalise(u).expand(members, -1, -1)
