@@ -1,4 +1,4 @@
-"""Models, data and a solver spy shared by tests/test_attacks.py."""
+"""Models, data and spies shared by the attack tests (test_attacks, test_warm_start, ...)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from conftest import make_model
 
 import nemon
 import nemon.core
+from nemon import attacks
 
 SIDE = 4  # toy images are 1 x 4 x 4: small, and still square for the Square attack
 M = SIDE * SIDE
@@ -77,3 +78,31 @@ class SolverSpy:
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise RuntimeError("spy: planned failure")
         return self._solve(make_F, x0, tol=tol, max_iter=max_iter, **kw)
+
+
+class ForwardSpy:
+    """Records, for every forward of ``model``, ``(tol, warm starts on, error bounds on)``."""
+
+    def __init__(self, model, monkeypatch):
+        self.calls = []
+        forward = model.forward
+
+        def spy(u):
+            state = model.__dict__
+            warm = state.get("_warm") is not None
+            self.calls.append((model.tol, warm, state.get("_error_bounds", True)))
+            return forward(u)
+
+        monkeypatch.setattr(model, "forward", spy)
+
+
+# the tolerances of the attack tests: the attack at 1e-6, the clean and final checks at 1e-9
+ATTACK_KW = dict(seed=0, tol=1e-6, max_iter=2000, eval_tol=1e-9, eval_max_iter=3000)
+
+
+def small_attack(name, model, u, labels, *, steps, restarts=2, n_queries=60, **kw):
+    """PGD (``steps``, ``restarts``) or AutoAttack (``steps``, ``n_queries``) at eps 0.1."""
+    kw = {**ATTACK_KW, **kw}
+    if name == "pgd":
+        return attacks.pgd(model, u, labels, 0.1, steps=steps, restarts=restarts, **kw)
+    return attacks.autoattack(model, u, labels, 0.1, steps=steps, n_queries=n_queries, **kw)

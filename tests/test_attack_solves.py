@@ -14,7 +14,7 @@ import pickle
 
 import pytest
 import torch
-from _attack_helpers import sensitive_model, toy_data
+from _attack_helpers import ForwardSpy, sensitive_model, small_attack, toy_data
 from conftest import make_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -124,38 +124,24 @@ def test_a_forward_no_backward_can_follow_skips_the_activation_pattern(gamma):
     assert v.grad is not None and bool(torch.isfinite(v.grad).all())
 
 
-class _BoundsSpy:
-    """Records, for every forward, the tolerance in force and whether bounds were computed."""
-
-    def __init__(self, model, monkeypatch):
-        self.calls = []
-        forward = model.forward
-
-        def spy(u):
-            self.calls.append((model.tol, model.__dict__.get("_error_bounds", True)))
-            return forward(u)
-
-        monkeypatch.setattr(model, "forward", spy)
-
-
 @pytest.mark.parametrize("name", ["pgd", "autoattack"])
 def test_attacks_skip_the_bound_inside_the_attack_only_and_change_nothing(name, monkeypatch):
     model = sensitive_model(12)
     u, labels = toy_data(24, seed=4)
-    kw = dict(seed=0, tol=1e-6, max_iter=2000, eval_tol=1e-9, eval_max_iter=3000)
-    if name == "pgd":
-        run = lambda: attacks.pgd(model, u, labels, 0.1, steps=6, restarts=2, **kw)  # noqa: E731
-    else:
-        run = lambda: attacks.autoattack(model, u, labels, 0.1, steps=4, n_queries=40, **kw)  # noqa: E731
+
+    def run():
+        return small_attack(name, model, u, labels, steps=6 if name == "pgd" else 4, n_queries=40)
+
     with monkeypatch.context() as mp:  # the reference: every solve bounds its error
         mp.setattr(attacks, "error_bounds", lambda m, enabled=True: model.error_bounds(True))
         ref = run()
-    spy = _BoundsSpy(model, monkeypatch)
+    spy = ForwardSpy(model, monkeypatch)
     res = run()
     # the clean and the final checks bound their errors; every solve inside the attack
     # (PGD's per-restart checks too, which read logits only) skips the bound
-    assert spy.calls[0] == (1e-9, True) and spy.calls[-1] == (1e-9, True)
-    assert {b for _, b in spy.calls[1:-1]} == {False}
+    calls = [(tol, bounds) for tol, _, bounds in spy.calls]
+    assert calls[0] == (1e-9, True) and calls[-1] == (1e-9, True)
+    assert {b for _, b in calls[1:-1]} == {False}
     assert torch.equal(res.adversarial, ref.adversarial) and torch.equal(res.robust, ref.robust)
     assert res.attack_solves == ref.attack_solves
     assert model.__dict__.get("_error_bounds", True) is True  # nothing left behind

@@ -15,7 +15,7 @@ import pickle
 import pandas as pd
 import pytest
 import torch
-from _attack_helpers import CLASSES, M, sensitive_model, toy_data
+from _attack_helpers import CLASSES, ForwardSpy, M, sensitive_model, small_attack, toy_data
 from conftest import make_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -121,39 +121,21 @@ def test_the_input_gradient_starts_warm_and_agrees_with_the_cold_one():
     assert torch.allclose(g_warm, g_cold, rtol=1e-6, atol=1e-9)
 
 
-class _TolSpy:
-    """Records, for every forward, the tolerance in force and whether warm starts were on."""
-
-    def __init__(self, model, monkeypatch):
-        self.calls = []
-        forward = model.forward
-
-        def spy(u):
-            self.calls.append((model.tol, model.__dict__.get("_warm") is not None))
-            return forward(u)
-
-        monkeypatch.setattr(model, "forward", spy)
-
-
 @pytest.mark.parametrize("name", ["pgd", "autoattack"])
 def test_attacks_start_warm_inside_the_attack_only(name, monkeypatch):
     model = sensitive_model(11)
     u, labels = toy_data(24, seed=2)
-    kw = dict(seed=0, tol=1e-6, max_iter=2000, eval_tol=1e-9, eval_max_iter=3000)
-    if name == "pgd":
-        run = lambda warm: attacks.pgd(  # noqa: E731
-            model, u, labels, 0.1, steps=8, restarts=2, warm_start=warm, **kw
-        )
-    else:
-        run = lambda warm: attacks.autoattack(  # noqa: E731
-            model, u, labels, 0.1, steps=5, n_queries=60, warm_start=warm, **kw
-        )
+    steps = 8 if name == "pgd" else 5
+
+    def run(warm):
+        return small_attack(name, model, u, labels, steps=steps, warm_start=warm)
+
     cold = run(False)
-    spy = _TolSpy(model, monkeypatch)
+    spy = ForwardSpy(model, monkeypatch)
     warm = run(True)
     assert not cold.warm_start and warm.warm_start
-    assert {w for tol, w in spy.calls if tol == 1e-9} == {False}  # clean, restart, final checks
-    assert {w for tol, w in spy.calls if tol == 1e-6} == {True}  # every solve of the attack
+    assert {w for tol, w, _ in spy.calls if tol == 1e-9} == {False}  # clean, restart, final
+    assert {w for tol, w, _ in spy.calls if tol == 1e-6} == {True}  # every solve of the attack
     assert torch.equal(warm.clean_correct, cold.clean_correct)
     c, w = cold.attack_solves, warm.attack_solves
     assert w.forward_iterations / w.forward_solves < c.forward_iterations / c.forward_solves
