@@ -26,8 +26,10 @@ def _tree(root, *, seconds=1.0, accuracy=0.5, commit="abc", extra=None):
 
 
 def test_run_times_provenance_and_model_files_are_left_out(tmp_path, capsys):
-    ref = _tree(tmp_path / "ref")
+    ref = _tree(tmp_path / "logs" / "ref")  # a folder named logs above the trees is no log
     new = _tree(tmp_path / "new", seconds=2.5, commit="def")
+    (ref / "models" / "logs").mkdir()
+    (ref / "models" / "logs" / "train.txt").write_text("a log, not compared")
     assert compare.main([str(new), str(ref)]) == 0
     assert "4 files compared: 4 reproduced, 0 not" in capsys.readouterr().out
 

@@ -97,7 +97,9 @@ def compare_trees(
     files = sorted(
         p
         for p in reference.rglob("*")
-        if p.is_file() and p.suffix not in SKIPPED_SUFFIXES and "logs" not in p.parts
+        if p.is_file()
+        and p.suffix not in SKIPPED_SUFFIXES
+        and "logs" not in p.relative_to(reference).parts
     )
     if not files:
         raise ConfigurationError(f"{reference} holds no file to compare")
