@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .solvers import MemberSolve, anderson_members, solve_members
+from .solvers import AffineStep, MemberSolve, anderson_members, solve_members
 
 
 # --- MATH 2: the parametrisation ------------------------------------------------------------
@@ -202,24 +202,20 @@ def _forward_factory(Amat: Tensor, inj: Tensor, At: Tensor | None = None):
     if At is None:
         At = Amat.transpose(1, 2).contiguous()
 
-    def make_F(members: Tensor | None):
+    def make_F(members: Tensor | None) -> AffineStep:
         if members is None:
-            a, z = At, inj
-        else:
-            a, z = At[members], inj[members]
-        return lambda x: torch.baddbmm(z, x, a).relu_()
+            return AffineStep(inj, At)
+        return AffineStep(inj[members], At[members])
 
     return make_F
 
 
 def _adjoint_factory(Amat: Tensor, g: Tensor, J: Tensor):
     # w = g + A^T J w in row form: w_row = g_row + (J w)_row A
-    def make_F(members: Tensor | None):
+    def make_F(members: Tensor | None) -> AffineStep:
         if members is None:
-            a, gg, jj = Amat, g, J
-        else:
-            a, gg, jj = Amat[members], g[members], J[members]
-        return lambda w: torch.baddbmm(gg, w * jj, a)
+            return AffineStep(g, Amat, J)
+        return AffineStep(g[members], Amat[members], J[members])
 
     return make_F
 

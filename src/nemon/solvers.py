@@ -26,8 +26,12 @@ it would have alone. Every solve reports per member what it did
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Sequence
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -178,7 +182,18 @@ def _iterate(
 def _iterate_one(
     F: StepMap, x0: Tensor, w: Tensor, alpha: float, factor: float, tol: float, max_iter: int
 ) -> tuple[Tensor, list[MemberSolve], Tensor]:
-    """:func:`_iterate` for one member: the same tensor operations, less Python."""
+    """:func:`_iterate` for one member: the same tensor operations, less Python.
+
+    An :class:`AffineStep` (the layer's own maps) runs in :func:`_averaged_loop`, compiled
+    by TorchScript (:func:`scripted_loops`); any other map, or with scripting off, runs
+    in the Python loop below, the reference that the scripted one reproduces bit for bit.
+    """
+    loop = _scripted_loop() if isinstance(F, AffineStep) and _SCRIPTED["on"] else None
+    if loop is not None:
+        # optimisation off: no graph rewriting or fusion that could change the arithmetic
+        with torch.jit.optimized_execution(False):
+            x, x_prev, k, res = loop(F.z, F.a, F.j, x0, w, alpha, factor, tol, max_iter, _TINY)
+        return x, [MemberSolve(k, res, res * factor <= tol)], x - x_prev
     x = x_prev = x0
     x_up = float(torch.linalg.vector_norm(x0))
     res = math.inf
@@ -197,10 +212,110 @@ def _iterate_one(
     return x, [MemberSolve(k, res, res * factor <= tol)], x - x_prev
 
 
-def _residual(step: float, norm: float) -> float:
+class AffineStep:
+    """The layer's step maps as data: ``relu(z + x a)``, or ``z + (x * j) a`` with ``j``.
+
+    Row form, batched over members (``x (K, N, n)``, ``a (K, n, n)``): the forward map
+    ``x -> relu(A x + inj)`` of MATH 1 and the adjoint ``w -> g + A^T J w`` of MATH 4.
+    Calling it is the eager map; holding the operands as tensors rather than in a
+    closure lets :func:`_iterate_one` run the whole loop in TorchScript.
+    """
+
+    __slots__ = ("z", "a", "j")
+
+    def __init__(self, z: Tensor, a: Tensor, j: Tensor | None = None) -> None:
+        self.z, self.a, self.j = z, a, j
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.j is None:
+            return torch.baddbmm(self.z, x, self.a).relu_()
+        return torch.baddbmm(self.z, x * self.j, self.a)
+
+
+def _averaged_loop(
+    z: Tensor,
+    a: Tensor,
+    j: Tensor | None,
+    x0: Tensor,
+    w: Tensor,
+    alpha: float,
+    factor: float,
+    tol: float,
+    max_iter: int,
+    tiny: float,
+) -> tuple[Tensor, Tensor, int, float]:
+    """The loop of :func:`_iterate_one` on an :class:`AffineStep`, in TorchScript's subset.
+
+    The same tensor operations in the same order, so the same bits: it only moves the
+    interpreter's per-iteration cost (about a third of an iteration at ``n = 100``,
+    batch 100) out of Python. Returns ``(x, x_prev, iterations, residual)``.
+    """
+    x = x0
+    x_prev = x0
+    x_up = float(torch.linalg.vector_norm(x0))
+    res = math.inf
+    k = 0
+    for i in range(1, max_iter + 1):
+        k = i
+        if j is None:
+            fx = torch.baddbmm(z, x, a).relu_()
+        else:
+            fx = torch.baddbmm(z, x * j, a)
+        s = alpha * float(torch.dist(fx, x))
+        x_prev = x
+        x = torch.lerp(x, fx, w)
+        x_up += s
+        if not math.isfinite(s) or s * factor <= tol * x_up or k == max_iter:
+            xn = float(torch.linalg.vector_norm(x))
+            x_up = xn
+            res = _residual(s, xn, tiny)
+            if res * factor <= tol or not math.isfinite(res) or k == max_iter:
+                break
+    return x, x_prev, k, res
+
+
+# NEMON_SCRIPTED_LOOPS=0 in the environment starts with the Python loops
+_SCRIPTED = {"on": os.environ.get("NEMON_SCRIPTED_LOOPS", "1") != "0"}
+
+
+@contextmanager
+def scripted_loops(enabled: bool) -> Iterator[None]:
+    """Run the averaged iteration of the layer's maps in TorchScript (``True``, the default)
+    or in Python (``False``, the reference). Both compute the same bits; the tests check it.
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"scripted_loops(enabled) takes True or False, got {enabled!r}")
+    before = _SCRIPTED["on"]
+    _SCRIPTED["on"] = enabled
+    try:
+        yield
+    finally:
+        _SCRIPTED["on"] = before
+
+
+@functools.cache
+def _scripted_loop() -> Callable | None:
+    """:func:`_averaged_loop` compiled by TorchScript once per process; None where it cannot be."""
+    try:
+        with warnings.catch_warnings():
+            # torch 2.14 marks torch.jit.script deprecated; it is still the cheapest way to
+            # run a small loop without the interpreter (torch.compile costs more per call)
+            warnings.filterwarnings("ignore", ".*torch.jit.script.*", FutureWarning)
+            return torch.jit.script(_averaged_loop)
+    except Exception as err:  # any failure: fall back to the reference loop
+        warnings.warn(
+            f"nemon: TorchScript could not compile the solver loop ({type(err).__name__}: "
+            f"{err}); the Python loop is used instead: the same results, a slower solve",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+def _residual(step: float, norm: float, tiny: float = _TINY) -> float:
     """The relative step ``step / ||x||``; NaN or inf when either is not finite."""
     if math.isfinite(step) and math.isfinite(norm):
-        return step / (norm + _TINY)
+        return step / (norm + tiny)
     return math.nan if math.isnan(step) or math.isnan(norm) else math.inf
 
 
