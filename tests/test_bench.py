@@ -701,3 +701,47 @@ def test_compiled_bench_refuses_bad_arguments():
         compiled.main(["--rounds", "0"])
     with pytest.raises(ConfigurationError, match="outside \\[0, 1\\)"):
         compiled.main(["--gamma", "1.0"])
+
+
+# --- the TorchScript loop against the Python loop (nemon.bench.loops) ---------------------------
+def test_loops_bench_times_both_loops_and_finds_them_identical():
+    from nemon.bench import loops
+
+    rows = loops.measure(samples=200, batch=20, gamma=0.5, tol=1e-6, rounds=1)
+    assert [r["case"] for r in rows] == ["solve", "epoch"]
+    for r in rows:
+        assert r["python_s"] > 0 and r["scripted_s"] > 0 and r["identical"] is True, r
+        assert r["speedup"] == pytest.approx(r["python_s"] / r["scripted_s"])
+    assert rows[0]["fwd_iters"] > 1
+    text = loops.format_rows(rows, markdown=True)
+    assert text.count("\n") == 1 + len(rows) and "| epoch |" in text
+
+
+def test_loops_bench_reports_a_difference(monkeypatch):
+    from nemon import solvers
+    from nemon.bench import loops
+
+    real = solvers._scripted_loop()
+
+    def perturbed(*args):  # a loop that computed something else
+        x, x_prev, k, res = real(*args)
+        x = x.clone()
+        x.view(-1)[0] += 1e-3
+        return x, x_prev, k, res
+
+    monkeypatch.setattr(solvers, "_scripted_loop", lambda: perturbed)
+    rows = loops.measure(samples=100, batch=10, gamma=0.5, tol=1e-6, rounds=1)
+    assert rows[0]["identical"] is False
+
+
+def test_loops_bench_refuses_bad_arguments():
+    from nemon.bench import loops
+
+    with pytest.raises(ConfigurationError, match="--rounds must be at least 1"):
+        loops.main(["--rounds", "0"])
+    with pytest.raises(ConfigurationError, match="larger than --samples"):
+        loops.main(["--samples", "10", "--batch", "20"])
+    with pytest.raises(ConfigurationError, match="outside \\(0, 1\\)"):
+        loops.main(["--tol", "0"])
+    with pytest.raises(ConfigurationError, match="no readable metrics.json"):
+        loops.main(["--model-dir", "/nonexistent/folder"])

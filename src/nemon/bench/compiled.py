@@ -13,7 +13,9 @@ in rounds so that a slow minute of the machine hits both:
   expression as one compiled graph (inductor fuses the ReLU, the norm and the ``lerp``);
 - ``solve``: a whole forward solve by :func:`nemon.solvers.solve_members` with the
   library's step map against a compiled one (the solver's loop stays eager: it stops on
-  a host test after every iteration, MATH 3 and 12).
+  a host test after every iteration, MATH 3 and 12); both sides run the Python loop
+  (``scripted_loops(False)``; the TorchScript loop has its own benchmark,
+  :mod:`nemon.bench.loops`).
 
 It reports the median microseconds of each over the rounds, the speed-up (eager time
 over compiled time; below 1: compiling is slower) and how far the compiled results are
@@ -121,10 +123,15 @@ def build_cases(p: _Problem) -> dict[str, tuple[Callable[[], Any], Callable[[], 
         return lambda x: step_map(x, z, a)
 
     eager_factory = core._forward_factory(p.Amat, p.inj)
+
+    def eager_solve():
+        with solvers.scripted_loops(False):  # eager: the Python loop, as the compiled side runs
+            return p.solve(eager_factory)
+
     return {
         "call": (lambda: p.x + 1, lambda: add_one(p.x)),
         "iteration": (lambda: _eager_iteration(p.x, p.inj, p.At, p.w), compiled_iteration),
-        "solve": (lambda: p.solve(eager_factory), lambda: p.solve(compiled_factory)),
+        "solve": (eager_solve, lambda: p.solve(compiled_factory)),
     }
 
 
