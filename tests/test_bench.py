@@ -745,3 +745,11 @@ def test_loops_bench_refuses_bad_arguments():
         loops.main(["--tol", "0"])
     with pytest.raises(ConfigurationError, match="no readable metrics.json"):
         loops.main(["--model-dir", "/nonexistent/folder"])
+
+
+def test_loops_bench_says_when_a_grid_point_has_no_weights(tmp_path):
+    from nemon.bench import loops
+
+    (tmp_path / "metrics.json").write_text('{"dataset": "mnist-5k", "model_sha256": "0"}')
+    with pytest.raises(ConfigurationError, match="has no model.pt: model weights are not"):
+        loops.main(["--model-dir", str(tmp_path)])

@@ -49,6 +49,12 @@ def _trained(model_dir: Path, batch: int) -> tuple[torch.nn.Module, torch.Tensor
             f"--model-dir {model_dir}: no readable metrics.json ({err}); give a grid point's "
             "folder, results/<dataset>/models/<model>/<objective>/g..._s.../"
         ) from None
+    if not (model_dir / "model.pt").is_file():
+        raise ConfigurationError(
+            f"--model-dir {model_dir} has no model.pt: model weights are not committed; "
+            "train its group first (snakemake with that file as the target) or give a "
+            "folder of a regenerated results tree"
+        )
     model = load_model(model_dir / "model.pt", sha256=metrics.get("model_sha256"))
     if not isinstance(model, NEMON):
         raise ConfigurationError(
