@@ -112,6 +112,10 @@ def test_autoattack_runs_the_standard_chain_and_respects_clean_accuracy_and_eps_
     assert res.accuracy < res.clean_accuracy  # the attack bites at this eps
     rem = res.remaining_after
     assert len(rem) == 5 and rem[0] == int(res.clean_correct.sum())
+    # each component's own time: all four ran at eps 0 (nothing broke), and together they
+    # take part of the attack's wall time
+    assert len(res0.component_seconds) == 4 and all(t > 0 for t in res0.component_seconds)
+    assert 0 < sum(res.component_seconds) <= res.wall_time_s
     assert all(a >= b for a, b in zip(rem, rem[1:], strict=False))
     assert res.adversarial.shape == u.shape and res.adversarial.dtype == torch.float32
 

@@ -145,6 +145,9 @@ class AttackResult:
     # AutoAttack: inputs still unbroken before the first and after each component, as the
     # components themselves judged them (at ``tol``), summed over batches.
     remaining_after: tuple[int, ...] = ()
+    # AutoAttack: wall seconds spent in each component, summed over batches (the checks
+    # between components, one forward each, are not counted)
+    component_seconds: tuple[float, ...] = ()
     # the attack's solves started from the last solution (NEMON.warm_starts); False also for
     # a model without that method, whose solves (if any) start cold
     warm_start: bool = False
@@ -734,6 +737,19 @@ def pgd(
 
 
 # --- AutoAttack ------------------------------------------------------------------------------
+def _timed(forward: Callable[..., Tensor], seconds: list[float], i: int) -> Callable[..., Tensor]:
+    """``forward`` that adds its wall time to ``seconds[i]`` (one AutoAttack component)."""
+
+    def run(*args, **kwargs) -> Tensor:
+        t = time.perf_counter()
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            seconds[i] += time.perf_counter() - t
+
+    return run
+
+
 def _configure_autoattack(
     atk: torchattacks.AutoAttack, version: str, steps: int | None, n_queries: int
 ) -> tuple[str, ...]:
@@ -838,11 +854,15 @@ def autoattack(
         multi = atk._autoattack
         multi._multi_atk_records = [0.0] * (len(multi.attacks) + 1)
         multi._accumulate_multi_atk_records = True
+        seconds = [0.0] * len(multi.attacks)
+        for i, component in enumerate(multi.attacks):
+            component.forward = _timed(component.forward, seconds, i)
         out = prep.x[idx].clone()
         for part in _chunks(torch.arange(idx.numel(), device=idx.device), batch_size):
             out[part] = atk(prep.x[idx[part]], prep.labels[idx[part]])
         remaining = [int(r) for r in multi._multi_atk_records]
         used["remaining"] = tuple(remaining)
+        used["seconds"] = tuple(seconds)
         return out
 
     robust, clean, adv, attack_log, eval_log, wall = _run_attack(
@@ -884,6 +904,7 @@ def autoattack(
         n_queries=n_queries,
         components=tuple(used.get("components", ())),
         remaining_after=tuple(used.get("remaining", ())),
+        component_seconds=tuple(used.get("seconds", ())),
         warm_start=bool(warm_start and _supports_warm_start(model)),
     )
 

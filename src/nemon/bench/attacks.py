@@ -153,6 +153,35 @@ def _cell(key: str, v) -> str:
     return str(v)
 
 
+def load_evaluated(
+    folder: Path, data: dict, *, nemon_only: bool = False
+) -> tuple[nn.Module, Tensor, Tensor, EvalSettings]:
+    """A trained and evaluated model folder of the workflow: the model (checked against its
+    recorded sha256, in eval mode), its data set's test pixels and labels (loaded once per
+    data set into ``data``) and the settings its ``evaluation.json`` was made with."""
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        record = json.loads((folder / "evaluation.json").read_text())
+    except FileNotFoundError as e:
+        raise ConfigurationError(
+            f"{folder}: {Path(e.filename).name} missing; give an evaluated model folder of "
+            "the workflow, e.g. results/mnist-5k/models/nemon/lipschitz/g0.9_l0.01_s2"
+        ) from None
+    if nemon_only and metrics["model"] not in ("nemon", "nemon-unweighted"):
+        raise ConfigurationError(f"{folder}: a {metrics['model']} model; give a NEMON model")
+    if not (folder / "model.pt").exists():
+        raise ConfigurationError(
+            f"{folder}: model.pt missing (weights are not committed; run the workflow to train "
+            "it, e.g. snakemake --cores 2 <folder>/model.pt --config dataset=<its data set>)"
+        )
+    model = load_model(folder / "model.pt", sha256=metrics["model_sha256"]).eval()
+    if metrics["dataset"] not in data:
+        ds = load_dataset(metrics["dataset"], progress=False)
+        data[metrics["dataset"]] = (to_pixels(ds.test_x), ds.test_y.long())
+    X, Y = data[metrics["dataset"]]
+    return model, X, Y, settings_of(record)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m nemon.bench.attacks",
@@ -172,24 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     table, data = [], {}
     for d in args.model_dirs:
         folder = Path(d)
-        try:
-            metrics = json.loads((folder / "metrics.json").read_text())
-            record = json.loads((folder / "evaluation.json").read_text())
-        except FileNotFoundError as e:
-            raise ConfigurationError(
-                f"{folder}: {Path(e.filename).name} missing; give an evaluated model folder of "
-                "the workflow, e.g. results/mnist-5k/models/nemon/lipschitz/g0.9_l0.01_s2"
-            ) from None
-        if metrics["model"] not in ("nemon", "nemon-unweighted"):
-            raise ConfigurationError(f"{folder}: a {metrics['model']} model; give a NEMON model")
-        if not (folder / "model.pt").exists():
-            raise ConfigurationError(f"{folder}: model.pt missing (run the workflow to train it)")
-        model = load_model(folder / "model.pt", sha256=metrics["model_sha256"]).eval()
-        if metrics["dataset"] not in data:
-            ds = load_dataset(metrics["dataset"], progress=False)
-            data[metrics["dataset"]] = (to_pixels(ds.test_x), ds.test_y.long())
-        X, Y = data[metrics["dataset"]]
-        s = settings_of(record)
+        model, X, Y, s = load_evaluated(folder, data, nemon_only=True)
         rows = measure(model, X, Y, s, attacks_=args.attacks, rounds=args.rounds)
         committed = folder / "robustness.csv"
         if committed.exists():
