@@ -203,7 +203,7 @@ def test_strict_mode_raises_on_non_convergence():
 
 
 def test_max_iter_hit_by_the_averaged_iteration_is_not_silent():
-    model = make_model(tol=1e-15, max_iter=2, strict=True)
+    model = make_model(tol=1e-12, max_iter=2, strict=True)
     with pytest.raises(nemon.ConvergenceError, match="stopped after 2 iterations"):
         model(torch.rand(4, 12, dtype=torch.float64))
 
