@@ -51,7 +51,7 @@ def measure(model: nn.Module, X: Tensor, Y: Tensor, s: EvalSettings) -> list[dic
 
 
 def totals(table: list[dict]) -> dict:
-    """Every numeric column summed over the rows; seconds also as a share of the total."""
+    """The row ``all``: every numeric column summed over the rows."""
     out: dict = {"model": "all", "eps": "", "images": sum(r["images"] for r in table)}
     for key in table[0]:
         if key in out or key == "model":
