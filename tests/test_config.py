@@ -8,6 +8,8 @@ from conftest import REPO
 
 from nemon.config import (
     allowed,
+    job_cost,
+    job_priority,
     load_schema,
     training_groups,
     validate_config,
@@ -175,3 +177,32 @@ def test_training_groups_cover_the_grid_once_with_slow_groups_first():
     g = groups[0]
     dirs = g.point_dirs("smoke/", "mnist-5k")
     assert dirs[0].startswith(f"smoke/results/mnist-5k/models/{g.model}/{g.objective}/g")
+
+
+def test_job_cost_grows_with_gamma_and_points_and_fits_the_measured_paper_grid():
+    costs = [job_cost("nemon", "lipschitz", g, 8) for g in (0.0, 0.5, 0.9, 0.99)]
+    assert costs == sorted(costs) and len(set(costs)) == 4
+    assert job_cost("nemon", "lipschitz", 0.5, 3) < job_cost("nemon", "lipschitz", 0.5, 8)
+    # per point 42, 70, 221 s at gamma 0, 0.5, 0.9 (Fashion-MNIST, committed train_seconds)
+    ratio = job_cost("nemon", "lipschitz", 0.9, 1) / job_cost("nemon", "lipschitz", 0.0, 1)
+    assert ratio == pytest.approx(221 / 42, rel=0.05)
+    assert job_cost("mlp", "lipschitz", 0.0, 4) < job_cost("nemon", "lipschitz", 0.0, 4)
+
+
+def test_the_paper_grids_slowest_group_gets_the_highest_priority():
+    groups = training_groups(valid(BASE))
+    prio = {
+        (g, stage): job_priority(stage, g.model, g.objective, g.gamma, len(g.weights))
+        for g in groups
+        for stage in ("train", "evaluate")
+    }
+    top = max(prio, key=prio.get)
+    assert top[1] == "train" and top[0].gamma == max(g.gamma for g in groups)
+    assert top[0].cost() == max(g.cost() for g in groups)
+    for g in groups:  # a group's training leads a longer chain than its evaluation
+        assert prio[g, "train"] > prio[g, "evaluate"] > 0
+
+
+def test_job_priority_refuses_an_unknown_stage():
+    with pytest.raises(ValueError, match="unknown stage 'plot'"):
+        job_priority("plot", "nemon", "lipschitz", 0.5, 8)

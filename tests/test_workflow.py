@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, copy_workflow, snakemake
+from packaging.version import Version
+from snakemake import __version__ as snakemake_version
 
 from nemon.config import load_schema, training_groups, validate_config
 from nemon.data import DATASETS
@@ -88,6 +90,28 @@ def test_dry_run_of_the_default_config_plans_one_job_per_group(wf):
     for d in points:
         for name in ("model.pt", "metrics.json", "robustness.csv", "evaluation.json"):
             assert r.stdout.count(f"{d}/{name}") >= 1, f"{d}/{name}"
+
+
+@pytest.mark.skipif(
+    Version(snakemake_version) < Version("9.17"), reason="priority functions need Snakemake 9.17"
+)
+def test_the_longest_chain_of_jobs_has_the_highest_priority(wf):
+    r = snakemake("-n", "--config", "dataset=fashion-mnist", "seeds=[0]", cwd=wf)
+    assert r.returncode == 0, r.stderr
+    blocks = re.split(r"^(?:local)?rule (\w+):$", r.stdout, flags=re.MULTILINE)[1:]
+    prio = {}
+    for rule, text in zip(blocks[::2], blocks[1::2], strict=True):
+        if rule.startswith(("train_", "evaluate_")):
+            gamma = re.search(r"gamma=([0-9.]+)", text).group(1)
+            prio[rule, gamma] = int(re.search(r"^\s+priority: (\d+)$", text, re.M).group(1))
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text()) | {"seeds": [0]}
+    schema = load_schema(REPO / "workflow/schemas/config.schema.yaml")
+    groups = training_groups(validate_config(cfg, schema, cuda_available=lambda: False))
+    assert len(prio) == 2 * len(groups)
+    assert max(prio, key=prio.get) == ("train_nemon_lipschitz", "0.9")
+    for (rule, gamma), p in prio.items():
+        if rule.startswith("train_"):
+            assert p > prio["evaluate_" + rule.removeprefix("train_"), gamma]
 
 
 def test_every_job_has_a_log_and_a_benchmark(wf):

@@ -344,6 +344,50 @@ class TrainingGroup:
         """``g0.5_s0``: the group's part of log and checkpoint names."""
         return f"g{fmt_float(self.gamma)}_s{self.seed}"
 
+    def cost(self) -> float:
+        """The relative CPU cost of training (or evaluating) this group: :func:`job_cost`."""
+        return job_cost(self.model, self.objective, self.gamma, len(self.weights))
+
+
+# --- scheduling --------------------------------------------------------------------------------
+# CPU cost of one grid point relative to a NEMON model of the paper's objective at gamma = 0, per
+# (model, objective): the per-point training times of the committed Fashion-MNIST run (commit
+# 5b51830; per point 42 s for NEMON, 141 s interval-trained, 10 s and 29 s for the MLP, 66 s for
+# MON at gamma 0.9). A scheduling hint only: a wrong value costs wall time, never a result.
+POINT_COST = {
+    ("nemon", "lipschitz"): 1.0,
+    ("nemon-unweighted", "lipschitz"): 1.0,
+    ("nemon", "interval"): 3.0,
+    ("mlp", "lipschitz"): 0.25,
+    ("mlp", "interval"): 0.7,
+    ("mon", "lipschitz"): 0.3,
+}
+
+
+def job_cost(model: str, objective: str, gamma: float, points: int) -> float:
+    """Relative cost of a job of ``points`` grid points: larger gamma, more solver iterations.
+
+    A solve's iteration count grows like ``1 / (1 - gamma)`` (the contraction rate of the
+    averaged iteration, MATH 3) on top of a fixed part per step; ``1 + 0.9 / (1 - gamma)``
+    fits the measured stacks of the paper grid (42, 70 and 221 s per point at gamma 0, 0.5,
+    0.9; the formula gives 42, 62, 221). The workflow gives each job a priority from it, so that
+    Snakemake starts the longest chains of jobs first (see :func:`job_priority`).
+    """
+    return points * POINT_COST.get((model, objective), 1.0) * (1.0 + 0.9 / (1.0 - gamma))
+
+
+def job_priority(stage: str, model: str, objective: str, gamma: float, points: int) -> int:
+    """Snakemake priority of a ``train`` or ``evaluate`` job (higher runs first).
+
+    Longest path first: a training job is followed by its group's evaluation, of about the
+    same relative cost, so it counts both; an evaluation counts itself. On 2 cores this starts
+    the paper grid's gamma-0.9 group first instead of wherever the scheduler happens to put it.
+    """
+    if stage not in ("train", "evaluate"):
+        raise ValueError(f"unknown stage {stage!r}: train or evaluate")
+    cost = job_cost(model, objective, gamma, points)
+    return round(10 * (2 * cost if stage == "train" else cost))
+
 
 def training_groups(config: dict) -> list[TrainingGroup]:
     """Every training job of the validated ``config``, slow groups (large gamma) first."""

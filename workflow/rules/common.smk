@@ -7,6 +7,7 @@ import os
 
 from nemon.config import (
     job_environment,
+    job_priority,
     load_schema,
     rule_suffix,
     training_groups,
@@ -14,6 +15,8 @@ from nemon.config import (
 )
 from nemon.contracts import OBJECTIVE_AXIS, fmt_float
 from nemon.errors import ConfigurationError
+from packaging.version import Version
+from snakemake import __version__ as SNAKEMAKE_VERSION
 from snakemake.exceptions import WorkflowError
 
 SCHEMA = load_schema(
@@ -72,6 +75,26 @@ def all_point_files(name):
         ]
 
     return files
+
+
+# Snakemake takes a function of the wildcards as a rule's priority from 9.17 on; before, every
+# job has priority 0 and the order of ready jobs is the scheduler's own.
+CALLABLE_PRIORITY = Version(SNAKEMAKE_VERSION) >= Version("9.17")
+
+
+def priority_of(stage, exp):
+    """Priority of ``exp``'s ``stage`` jobs (nemon.config.job_priority): long chains first."""
+    if not CALLABLE_PRIORITY:
+        return 0
+    axis, _ = OBJECTIVE_AXIS[exp["objective"]]
+
+    def priority(wildcards):
+        gamma = float(wildcards.gamma)
+        return job_priority(
+            stage, exp["model"], exp["objective"], gamma, len(exp[axis])
+        )
+
+    return priority
 
 
 def forward_runtime_settings(generic, specific):
