@@ -27,6 +27,7 @@ from nemon.contracts import (
 )
 from nemon.errors import CorruptFileError
 from nemon.evaluation import EvalSettings, evaluate_model
+from nemon.training import to_pixels
 
 KEYS = point_keys("mnist-5k", "nemon", "lipschitz", 0.5, 1e-3, 0)
 
@@ -230,3 +231,22 @@ def test_a_broken_ordering_is_refused_naming_the_model(tiny_evaluation):
     files = lay_out(root / "bad", model, bad, record)
     with pytest.raises(OrderingError, match=r"nemon.*certified_lipschitz 1\.0000 >"):
         summarise([files[0]], [files[1]], [files[2]])
+
+
+def test_reused_solves_give_what_solving_again_gives(tiny_evaluation):
+    # inversion at eps 0 is the clean pass itself; the interval certificate takes the clean
+    # pass's correctness: both must equal what their own solves give
+    model, x, y, settings, _ = tiny_evaluation
+    rows, _ = evaluate_model(model, x, y, settings)
+    by = {(r["attack"], r["eps"], r["inputs"]): r for r in rows}
+    keys = ("accuracy", "top_class_fraction", "not_converged", "images", "degenerate")
+    for (attack, eps, inputs), r in by.items():
+        if attack == "inversion" and eps == 0.0:
+            assert {k: r[k] for k in keys} == {k: by["clean", 0.0, inputs][k] for k in keys}
+    u = to_pixels(x)
+    with model.solver_settings(tol=settings.tol, max_iter=settings.max_iter, stop="step"):
+        inverted = model(nemon.inversion_attack(u, 0.0)).argmax(dim=1)
+        assert by["inversion", 0.0, "test"]["accuracy"] == float((inverted == y).double().mean())
+        for eps in settings.interval_eps:
+            own = nemon.certified_mask(model, u, y, eps, method="interval")
+            assert by["certified_interval", eps, "test"]["accuracy"] == float(own.double().mean())

@@ -667,3 +667,22 @@ def test_bad_arguments_are_clear_errors():
         nemon.certified_accuracy(model, u, labels, 0.1, method="Interval")
     with pytest.raises(ValueError, match="4 inputs but 3 labels"):
         nemon.interval_margins(model, u, labels[:3], 0.1)
+
+
+@pytest.mark.parametrize("name", ["interval", "lipschitz"])
+def test_a_given_clean_correctness_replaces_the_interval_paths_own_solve(trained, name):
+    # The evaluation passes its clean pass's correctness instead of solving again: the same
+    # mask where it is the model's, and it is really used (not recomputed behind it).
+    models, (u, labels) = trained
+    model = models[name]
+    with torch.no_grad():
+        correct = model(u).argmax(dim=1) == labels
+    for eps in (0.0, 0.05):
+        own = nemon.certified_mask(model, u, labels, eps, method="interval")
+        given = nemon.certified_mask(model, u, labels, eps, "interval", correct=correct)
+        assert torch.equal(own, given) and bool(own.any())
+        none = torch.zeros_like(correct)
+        assert not nemon.certified_mask(model, u, labels, eps, "interval", correct=none).any()
+    for bad in (correct[:-1], correct.long()):
+        with pytest.raises(nemon.ConfigurationError, match="correct must be a bool tensor"):
+            nemon.certified_mask(model, u, labels, 0.1, "interval", correct=bad)

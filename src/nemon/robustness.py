@@ -177,17 +177,34 @@ def interval_margins(model: nn.Module, u: Tensor, labels: Tensor, eps: float) ->
 
 @torch.no_grad()
 def certified_mask(
-    model: nn.Module, u: Tensor, labels: Tensor, eps: float, method: str = "lipschitz"
+    model: nn.Module,
+    u: Tensor,
+    labels: Tensor,
+    eps: float,
+    method: str = "lipschitz",
+    *,
+    correct: Tensor | None = None,
 ) -> Tensor:
-    """Per input: correctly classified and certified at ``eps`` by ``method`` (MATH 6, 9)."""
+    """Per input: correctly classified and certified at ``eps`` by ``method`` (MATH 6, 9).
+
+    ``correct``: for ``method="interval"``, whether ``model`` classifies each input
+    correctly, where the caller has already solved for it at the same settings (the
+    evaluation's clean pass); the interval path then skips its own clean solve.
+    """
     eps = check_eps(eps)
     if method == "lipschitz":
         return certified_radius(model, u, labels) > eps
     if method == "interval":
         u2, _ = flatten_input(u, model.in_features, next(model.parameters()).dtype)
         k = _labels(labels, u2.shape[0], model.out_features, u2.device)
-        y = model(u2)
-        correct = y.argmax(dim=1) == k
+        if correct is None:
+            correct = model(u2).argmax(dim=1) == k
+        elif correct.shape != k.shape or correct.dtype != torch.bool:
+            raise ConfigurationError(
+                f"correct must be a bool tensor of shape {tuple(k.shape)} (one flag per "
+                f"input), got {correct.dtype} of shape {tuple(correct.shape)}"
+            )
+        correct = correct.to(k.device)
         m = interval_margins(model, u2, k, eps)
         m[torch.arange(len(k)), k] = float("inf")
         return correct & (m.min(dim=1).values > 0)
