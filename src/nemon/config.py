@@ -344,10 +344,6 @@ class TrainingGroup:
         """``g0.5_s0``: the group's part of log and checkpoint names."""
         return f"g{fmt_float(self.gamma)}_s{self.seed}"
 
-    def cost(self) -> float:
-        """The relative CPU cost of training (or evaluating) this group: :func:`job_cost`."""
-        return job_cost(self.model, self.objective, self.gamma, len(self.weights))
-
 
 # --- scheduling --------------------------------------------------------------------------------
 # CPU cost of one grid point relative to a NEMON model of the paper's objective at gamma = 0, per
