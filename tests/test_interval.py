@@ -686,3 +686,5 @@ def test_a_given_clean_correctness_replaces_the_interval_paths_own_solve(trained
     for bad in (correct[:-1], correct.long()):
         with pytest.raises(nemon.ConfigurationError, match="correct must be a bool tensor"):
             nemon.certified_mask(model, u, labels, 0.1, "interval", correct=bad)
+    with pytest.raises(nemon.ConfigurationError, match="correct is for method='interval'"):
+        nemon.certified_mask(model, u, labels, 0.1, "lipschitz", correct=correct)

@@ -193,6 +193,11 @@ def certified_mask(
     """
     eps = check_eps(eps)
     if method == "lipschitz":
+        if correct is not None:
+            raise ConfigurationError(
+                "correct is for method='interval'; the Lipschitz certificate takes the "
+                "correctness from its own solve (the margin it needs)"
+            )
         return certified_radius(model, u, labels) > eps
     if method == "interval":
         u2, _ = flatten_input(u, model.in_features, next(model.parameters()).dtype)
