@@ -688,3 +688,131 @@ def test_a_given_clean_correctness_replaces_the_interval_paths_own_solve(trained
             nemon.certified_mask(model, u, labels, 0.1, "interval", correct=bad)
     with pytest.raises(nemon.ConfigurationError, match="correct is for method='interval'"):
         nemon.certified_mask(model, u, labels, 0.1, "lipschitz", correct=correct)
+
+
+# --- settling box by box (MATH 9, "Settling box by box") -------------------------------------
+def settled(model, u, labels, eps):
+    """``certified_mask(..., "interval")`` and how each box left ``NEMON.settle_boxes``:
+    ``"yes"`` or ``"no"`` from a check, absent where the stop rule settled it; and the batch
+    size at every check."""
+    how, sizes = {}, []
+    original = model.settle_boxes
+
+    def spy(lo, hi, settle, **kw):
+        def recording(rows, outer, inner):
+            yes, no = settle(rows, outer, inner)
+            sizes.append(len(rows))
+            for r, y, n in zip(rows.tolist(), yes.tolist(), no.tolist(), strict=True):
+                if y or n:
+                    assert r not in how, "a settled box came back"
+                    how[r] = "yes" if y else "no"
+            return yes, no
+
+        return original(lo, hi, recording, **kw)
+
+    model.settle_boxes = spy
+    try:
+        mask = nemon.certified_mask(model, u, labels, eps, method="interval")
+    finally:
+        del model.settle_boxes
+    return mask, how, sizes
+
+
+def exact_margins(model, u, labels, eps):
+    """``min_j m_kj`` of MATH 9 for the embedded fixed point itself (a float64 solve to 1e-13,
+    whose widening stays below 1e-10, far inside the 1e-9 the tests allow)."""
+    ref = reference(model)
+    with torch.no_grad():
+        m = nemon.interval_margins(ref, u.double(), labels, eps)
+    m[torch.arange(len(labels)), labels] = float("inf")
+    assert float(ref.last_error_bounds.max()) < 1e-10
+    return m.min(dim=1).values
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    **models,
+    eps=st.floats(0.0, 0.3),
+    dtype=st.sampled_from([F64, F32]),
+    normalise=st.booleans(),
+)
+def test_a_settled_box_is_certified_or_refuted_as_its_exact_fixed_point_is(
+    seed, gamma, weighted, scale, eps, dtype, normalise
+):
+    # "yes" only where the exact box certifies, "no" only where it does not: the widened
+    # enclosure (outer) and the shrunk one (inner) bracket every later enclosure (MATH 9).
+    model = build(seed, gamma, weighted, scale, dtype, normalise)
+    u = torch.rand(48, M_IN, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    with torch.no_grad():
+        labels = model(u).argmax(dim=1)  # every input correctly classified
+    mask, how, _ = settled(model, u, labels, eps)
+    exact = exact_margins(model, u, labels, eps)
+    for r, verdict in how.items():
+        if verdict == "yes":
+            assert exact[r] > -1e-9, f"box {r} certified, but its exact margin is {exact[r]:.3g}"
+            assert mask[r]
+        else:
+            assert exact[r] < 1e-9, f"box {r} refuted, but its exact margin is {exact[r]:.3g}"
+            assert not mask[r]
+    if dtype == F64:  # tight solves: the same verdict as the exact box wherever it is clear
+        clear = exact.abs() > 1e-6
+        assert torch.equal(mask[clear], (exact > 0)[clear])
+
+
+@pytest.mark.parametrize("name", ["interval", "lipschitz"])
+def test_settling_box_by_box_certifies_what_the_full_solve_certifies(trained, name):
+    models, (u, labels) = trained
+    model = models[name]
+    with torch.no_grad():
+        correct = model(u).argmax(dim=1) == labels
+    verdicts = set()
+    for eps in (0.0, 0.01, 0.02, 0.05, 0.1, 0.2):
+        with torch.no_grad():
+            m = nemon.interval_margins(model, u, labels, eps)  # one solve of the whole batch
+        m[torch.arange(len(labels)), labels] = float("inf")
+        full = correct & (m.min(dim=1).values > 0)
+        mask, how, sizes = settled(model, u, labels, eps)
+        assert torch.equal(mask, full), f"eps={eps}: {int((mask != full).sum())} inputs differ"
+        # and boxes really leave early: checks see fewer and fewer of them
+        assert sizes[0] == int(correct.sum()) and sizes[-1] < sizes[0], sizes
+        verdicts |= set(how.values())
+    assert verdicts == {"yes", "no"}  # both kinds of check settle boxes
+
+
+def test_settle_boxes_leaves_nothing_silent():
+    model = build(3, 0.9, True, 1.0)
+    u = torch.rand(6, M_IN, generator=torch.Generator().manual_seed(3), dtype=F64)
+    lo, hi = ball_box(u, 0.1)
+
+    def never(rows, outer, inner):  # a question no check can settle
+        none = torch.zeros(len(rows), dtype=torch.bool)
+        return none, none
+
+    model.max_iter = 4
+    with pytest.warns(nemon.NonConvergenceWarning, match="left 6 of 6 box"):
+        values, stats = model.settle_boxes(lo, hi, never, every=2)
+    assert not stats.converged and stats.iterations == 4 and not values.any()
+    model.strict = True
+    with pytest.raises(nemon.ConvergenceError, match="raise max_iter"):
+        model.settle_boxes(lo, hi, never)
+    model.strict, model.max_iter = False, 20_000
+    values, stats = model.settle_boxes(lo, hi, never)
+    assert stats.converged and stats.residual <= model.tol and stats.error_bound < 1e-9
+    for every in (0, -1, 1.5, True):
+        with pytest.raises(nemon.ConfigurationError, match="every must be a positive integer"):
+            model.settle_boxes(lo, hi, never, every=every)
+    with pytest.raises(ValueError, match="same shape"):
+        model.settle_boxes(lo, hi[:3], never)
+
+
+def test_other_solvers_certify_by_solving_the_whole_batch():
+    model = build(5, 0.5, True, 1.0)
+    u = torch.rand(32, M_IN, generator=torch.Generator().manual_seed(5), dtype=F64)
+    with torch.no_grad():
+        labels = model(u).argmax(dim=1)
+    average = nemon.certified_mask(model, u, labels, 0.3, method="interval")
+    model.solver = "anderson"
+    with pytest.raises(nemon.ConfigurationError, match="solver is 'anderson'"):
+        model.settle_boxes(u, u, lambda rows, o, i: (None, None))
+    anderson = nemon.certified_mask(model, u, labels, 0.3, method="interval")
+    assert torch.equal(average, anderson) and bool(average.any()) and not bool(average.all())

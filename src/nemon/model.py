@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,7 +20,7 @@ from .errors import (
     PrecisionWarning,
 )
 from .measure import inf_norm
-from .solvers import STOP_RULES, SolverStats, get_solver, stop_factor
+from .solvers import _TINY, STOP_RULES, SolverStats, get_solver, stop_factor
 
 
 def _check_finite(t: Tensor, what: str, hint: str) -> None:
@@ -654,6 +654,127 @@ class NEMON(nn.Module):
         n = self.hidden_features
         return x[:, :n].reshape(*lead, n), x[:, n:].reshape(*lead, n), stats
 
+    @torch.no_grad()
+    def settle_boxes(
+        self, lo: Tensor, hi: Tensor, settle: BoxSettler, *, every: int = 5
+    ) -> tuple[Tensor, SolverStats]:
+        """Iterate the embedded map of MATH 9 box by box until each box's question is settled.
+
+        The averaged iteration of :meth:`embedded_equilibrium` (from zeros, at ``alpha*``) on
+        boxes ``[lo, hi]`` of pixels, ``(N, in_features)``. Every ``every`` iterations, for
+        the boxes still open, with ``w`` the widening of :func:`nemon.robustness.interval_bounds`
+        (the a-posteriori bound of MATH 9 with the rounding of MATH 12):
+
+        * ``outer = (max(x_lo - w, 0), x_hi + w)`` encloses every equilibrium of the box;
+        * ``inner = (x_lo + w, max(x_hi - w, 0))``: the embedded fixed point has
+          ``x_lo* <= x_lo + w`` and ``x_hi* >= x_hi - w`` (``inner`` may be inverted; only
+          these two inequalities are meant), so every enclosure a longer solve could give
+          reaches at least as far as ``inner``.
+
+        ``settle(rows, outer, inner) -> (yes, no)``: bool tensors over ``rows`` (indices into
+        the batch), ``yes`` where ``outer`` proves the property, ``no`` where ``inner`` proves
+        that no enclosure from this iteration ever will. Such a box leaves the batch. A box
+        whose own relative step meets the model's stop rule at ``tol``, or that reaches
+        ``max_iter``, leaves with its ``yes`` of that check (MATH 9, "Settling box by box").
+        Returns the ``yes`` of every box ``(N,)`` and the statistics: the last iteration any
+        box was checked at, the largest relative step of the boxes the stop rule settled,
+        ``converged`` false when some box reached ``max_iter`` (or a non-finite step) unsettled
+        (then a :class:`NonConvergenceWarning`, or :class:`ConvergenceError` when ``strict``),
+        ``error_bound`` the largest ``delta`` at the check that settled a box. Averaged
+        iteration only: :func:`nemon.robustness.certified_mask` uses this for
+        ``solver="average"`` and solves to the stop rule otherwise.
+        """
+        check_positive_int("every", every)
+        if self.solver != "average":
+            raise ConfigurationError(
+                f"settle_boxes runs the averaged iteration, but this model's solver is "
+                f"{self.solver!r}; use nemon.robustness.interval_bounds"
+            )
+        if lo.shape != hi.shape:
+            raise ValueError(
+                f"lo and hi must have the same shape, got {tuple(lo.shape)} and {tuple(hi.shape)}"
+            )
+        lo2, _ = flatten_input(lo, self.in_features, self.B.dtype)
+        hi2, _ = flatten_input(hi, self.in_features, self.B.dtype)
+        N, n, dev = lo2.shape[0], self.hidden_features, lo2.device
+        frozen = self._frozen_state()
+        if frozen is None:
+            self._check_weights("T", "d", "B", "b")
+            d = self.d[None] if self.weighted else None
+            layer = core.prepare_layer(self.T[None], d, self._gamma_t(), True)
+            rounding, t_abs = self._rounding_constants(), self._t_abs()
+        else:
+            layer, rounding, t_abs = frozen.layer(True), frozen.rounding, frozen.t_abs
+        alpha, rho, a = layer[3][0], layer[4][0], layer[6][0]
+        self._check_precision(lo2.dtype, rho)
+        eta = rounding[0]
+        factor = stop_factor(self.stop, rho)
+        rho_safe = self._rho_safe(rho, lo2.dtype, t_abs)
+        lo_n, hi_n = self.normalise(lo2), self.normalise(hi2)
+        z_lo, z_hi = core.box_injection(self.B[None], self.b[None], lo_n, hi_n)
+        inj = torch.cat((z_lo[0], z_hi[0]), dim=-1)
+        inj_abs = torch.maximum(z_lo[0].abs(), z_hi[0].abs())
+        u_abs = torch.maximum(lo_n.abs(), hi_n.abs())
+        values = torch.zeros(N, dtype=torch.bool, device=dev)
+        widening = torch.zeros(N, dtype=lo2.dtype, device=dev)
+        rows = torch.arange(N, device=dev)
+        x = torch.zeros_like(inj)
+        checked, residual, unsettled, due = 0, 0.0, 0, every
+        for k in range(1, self.max_iter + 1):
+            if not len(rows):
+                break
+            x_new = torch.lerp(x, torch.addmm(inj, x, a).relu_(), alpha)
+            if k < due and k < self.max_iter:
+                x = x_new
+                continue
+            last, x = x_new - x, x_new
+            checked, due = k, k + max(every, int(k * SETTLE_GROWTH))
+            ld = torch.maximum(last[:, :n].abs(), last[:, n:].abs())
+            if rho_safe < 1:
+                xd = torch.maximum(x[:, :n].abs(), x[:, n:].abs())
+                e = self._rounding(xd, inj_abs, u_abs, ld, alpha, rounding)
+                delta = core.per_sample_bound(rho_safe, ld, eta, e)
+            else:  # no contraction known: nothing is enclosed
+                delta = torch.full_like(ld[:, 0], math.inf)
+            w = delta[:, None] / eta
+            outer = ((x[:, :n] - w).clamp(min=0), x[:, n:] + w)
+            inner = (x[:, :n] + w, (x[:, n:] - w).clamp(min=0))
+            yes, no = settle(rows, outer, inner)
+            rel = torch.linalg.vector_norm(last, dim=1) / (
+                torch.linalg.vector_norm(x, dim=1) + _TINY
+            )
+            met = rel * factor <= self.tol  # False where rel is NaN
+            decided = yes | no
+            final = ~decided & (met | ~torch.isfinite(rel) | (k == self.max_iter))
+            if bool(final.any()):
+                by_rule = final & met
+                if bool(by_rule.any()):
+                    residual = max(residual, float(rel[by_rule].max()))
+                unsettled += int((final & ~met).sum())
+            leave = decided | final
+            if bool(leave.any()):
+                values[rows[leave]] = yes[leave]
+                widening[rows[leave]] = delta[leave]
+                stay = ~leave
+                rows, x = rows[stay], x[stay]
+                inj, inj_abs, u_abs = inj[stay], inj_abs[stay], u_abs[stay]
+        stats = SolverStats("average", checked, residual, unsettled == 0, alpha, rho, math.nan)
+        stats.error_bound = float(widening.max()) if N else 0.0
+        if unsettled:
+            msg = (
+                f"NEMON embedded solve (settle_boxes, stop={self.stop!r}) left {unsettled} of "
+                f"{N} box(es) unsettled, their relative step above tol={self.tol:g} (or not "
+                f"finite) after max_iter={self.max_iter} iterations (alpha={alpha:.3g}, "
+                f"rho={rho:.4g}); raise max_iter or loosen tol (the averaged iteration "
+                "converges, at rate rho)"
+            )
+            if self.strict:
+                raise ConvergenceError(msg)
+            self._warn_once("forward", msg, NonConvergenceWarning)
+        self.last_error_bounds = widening
+        self.last_forward_stats = stats
+        return values, stats
+
     def __getstate__(self) -> dict[str, Any]:  # a copy starts outside frozen_weights
         state = super().__getstate__()
         return {k: v for k, v in state.items() if k not in _CONTEXT_STATE}
@@ -664,6 +785,12 @@ class NEMON(nn.Module):
 
 
 # what the context managers above keep in __dict__: a copy or pickle starts outside them
+# settle_boxes checks every `every` iterations, then every SETTLE_GROWTH * k: checks cost about
+# an iteration each, and a box that settles at iteration k waits at most that share longer
+SETTLE_GROWTH = 0.1
+# settle_boxes' question: (rows, outer, inner) -> (yes, no), bool tensors over rows
+BoxSettler = Callable[[Tensor, tuple[Tensor, Tensor], tuple[Tensor, Tensor]], tuple[Tensor, Tensor]]
+
 _CONTEXT_STATE = ("_frozen", "_frozen_depth", "_warm", "_error_bounds")
 
 WEIGHT_HINTS = {
