@@ -753,3 +753,40 @@ def test_loops_bench_says_when_a_grid_point_has_no_weights(tmp_path):
     (tmp_path / "metrics.json").write_text('{"dataset": "mnist-5k", "model_sha256": "0"}')
     with pytest.raises(ConfigurationError, match="has no model.pt: model weights are not"):
         loops.main(["--model-dir", str(tmp_path)])
+
+
+# --- the interval certificate, settled box by box (nemon.bench.certify) -----------------------
+def test_certify_bench_times_both_ways_and_counts_their_verdicts():
+    from nemon.bench import certify
+
+    model = make_model(seed=1, gamma=0.9, tol=1e-6).float()
+    u = torch.rand(40, 12, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        labels = model(u).argmax(dim=1)
+    labels[:5] = (labels[:5] + 1) % 4  # some misclassified: never certified either way
+    row = certify.measure(model, u, labels, (0.05, 0.3), batch_size=16)
+    assert row["verdicts"] == 80 and row["speedup"] == row["whole_s"] / row["settled_s"]
+    want = 0
+    for eps in (0.05, 0.3):
+        with torch.no_grad(), model.solver_settings(tol=1e-6, max_iter=5000, stop="step"):
+            correct = model(u).argmax(dim=1) == labels
+            want += int(certify.whole_batch_mask(model, u, labels, eps, correct).sum())
+    assert row["certified_whole"] == want and 0 < want < 70
+    assert row["certified_settled"] - row["certified_whole"] == (
+        row["only_settled"] - row["only_whole"]
+    )
+    assert model.tol == 1e-6 and model._frozen_state() is None  # settings and context restored
+
+
+def test_certify_bench_refuses_what_it_cannot_time(tmp_path):
+    from nemon.bench import certify
+
+    with pytest.raises(ConfigurationError, match="no metrics.json"):
+        certify.main([str(tmp_path)])
+    (tmp_path / "metrics.json").write_text('{"model": "mlp"}')
+    with pytest.raises(ConfigurationError, match="give NEMON models"):
+        certify.main([str(tmp_path)])
+    with pytest.raises(ConfigurationError, match="must be at least 1"):
+        certify.main([str(tmp_path), "--images", "0"])
+    with pytest.raises(ConfigurationError, match="eps must lie in"):
+        certify.measure(make_model(), torch.rand(2, 12), torch.zeros(2).long(), (1.5,))
