@@ -784,13 +784,13 @@ class NEMON(nn.Module):
         self.__dict__.setdefault("_warned", set())
 
 
-# what the context managers above keep in __dict__: a copy or pickle starts outside them
 # settle_boxes checks every `every` iterations, then every SETTLE_GROWTH * k: checks cost about
 # an iteration each, and a box that settles at iteration k waits at most that share longer
 SETTLE_GROWTH = 0.1
 # settle_boxes' question: (rows, outer, inner) -> (yes, no), bool tensors over rows
 BoxSettler = Callable[[Tensor, tuple[Tensor, Tensor], tuple[Tensor, Tensor]], tuple[Tensor, Tensor]]
 
+# what the context managers above keep in __dict__: a copy or pickle starts outside them
 _CONTEXT_STATE = ("_frozen", "_frozen_depth", "_warm", "_error_bounds")
 
 WEIGHT_HINTS = {
