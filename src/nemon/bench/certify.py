@@ -15,7 +15,6 @@ many verdicts each certifies and how many differ in each direction, then the tot
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from ..contracts import load_model
 from ..data import load_dataset
 from ..errors import ConfigurationError
 from ..robustness import certified_mask, check_eps, interval_margins
+from .forward import read_record
 from .report import grid
 
 DEFAULT_EPS = (0.01, 0.02, 0.05, 0.1, 0.2)  # the evaluation's nonzero certified_interval eps
@@ -109,13 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigurationError("--threads and --images must be at least 1")
     jobs = []
     for folder in map(Path, args.model_dirs):
-        try:
-            metrics = json.loads((folder / "metrics.json").read_text())
-        except FileNotFoundError:
-            raise ConfigurationError(
-                f"{folder} has no metrics.json: give a model folder of the workflow, e.g. "
-                "results/fashion-mnist/models/nemon/lipschitz/g0.9_l0.1_s0"
-            ) from None
+        metrics = read_record(folder, "results/fashion-mnist/models/nemon/lipschitz/g0.9_l0.1_s0")
         if metrics["model"] not in ("nemon", "nemon-unweighted"):
             raise ConfigurationError(
                 f"{folder}: a {metrics['model']} model; give NEMON models (the MLP's bounds "

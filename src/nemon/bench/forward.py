@@ -37,6 +37,16 @@ from ..errors import ConfigurationError
 from .report import grid
 
 
+def read_record(folder: Path, example: str) -> dict:
+    """A model folder's ``metrics.json``, or a clear error naming ``example``, a folder to give."""
+    try:
+        return json.loads((folder / "metrics.json").read_text())
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"{folder} has no metrics.json: give a model folder of the workflow, e.g. {example}"
+        ) from None
+
+
 def _time_forwards(model: nn.Module, u: Tensor, repeats: int) -> tuple[float, float, Tensor]:
     """Median seconds of one forward, median seconds of its solves, the last logits."""
     solve_s: list[float] = []
@@ -184,13 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     folder = Path(args.model_dir)
-    try:
-        metrics = json.loads((folder / "metrics.json").read_text())
-    except FileNotFoundError:
-        raise ConfigurationError(
-            f"{folder} has no metrics.json: give a model folder of the workflow, e.g. "
-            "results/mnist-5k/models/nemon/lipschitz/g0.0_l0.0001_s2"
-        ) from None
+    metrics = read_record(folder, "results/mnist-5k/models/nemon/lipschitz/g0.0_l0.0001_s2")
     if metrics["model"] not in ("nemon", "nemon-unweighted"):
         raise ConfigurationError(f"{folder}: a {metrics['model']} model; give a NEMON model")
     for name in ("images", "rounds", "repeats", "threads"):
