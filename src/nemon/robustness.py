@@ -199,17 +199,19 @@ class _PairMargins:
         self.classes = C.shape[0]
         self.pairs = (C[:, None, :] - C[None, :, :]).abs().reshape(-1, C.shape[1]).t()
 
-    def __call__(self, x_lo: Tensor, x_hi: Tensor, k: Tensor) -> Tensor:
-        """``(N, classes)`` bounds of ``y_k - y_j`` less their rounding; inf at ``j = k``."""
+    def __call__(self, x_lo: Tensor, x_hi: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """``(N, classes)`` bounds of ``y_k - y_j`` less their rounding (inf at ``j = k``),
+        and that rounding bound."""
         xc = (x_hi + x_lo) / 2
         xr = (x_hi - x_lo) / 2
         yc = torch.addmm(self.c, xc, self.C.t())
         rows = torch.arange(len(k), device=k.device)
         spread = (xr @ self.pairs).view(len(k), self.classes, self.classes)[rows, k]
         rnd = _logit_rounding(self.model, torch.maximum(x_lo.abs(), x_hi.abs()))
-        m = yc.gather(1, k[:, None]) - yc - spread - (rnd + rnd.gather(1, k[:, None]))
+        slack = rnd + rnd.gather(1, k[:, None])
+        m = yc.gather(1, k[:, None]) - yc - spread - slack
         m[rows, k] = float("inf")
-        return m
+        return m, slack
 
 
 def _certify_boxes(model: nn.Module, lo: Tensor, hi: Tensor, k: Tensor) -> Tensor:
@@ -225,12 +227,11 @@ def _certify_boxes(model: nn.Module, lo: Tensor, hi: Tensor, k: Tensor) -> Tenso
 
     def settle(rows: Tensor, outer: tuple[Tensor, Tensor], inner: tuple[Tensor, Tensor]):
         kk = k[rows]
-        yes = margins(outer[0], outer[1], kk).min(dim=1).values > 0
-        # m_in is the bound less its rounding: m_in + 2 rnd < 0 proves it negative, rounding
-        # included
-        m_in = margins(inner[0], inner[1], kk)
-        rnd = _logit_rounding(model, torch.maximum(inner[0].abs(), inner[1].abs()))
-        no = (m_in + 2 * (rnd + rnd.gather(1, kk[:, None]))).min(dim=1).values < 0
+        yes = margins(outer[0], outer[1], kk)[0].min(dim=1).values > 0
+        # m_in is the bound less its rounding: m_in + 2 slack < 0 proves the bound negative,
+        # its rounding included
+        m_in, slack = margins(inner[0], inner[1], kk)
+        no = (m_in + 2 * slack).min(dim=1).values < 0
         return yes, no & ~yes
 
     return model.settle_boxes(lo, hi, settle)[0]
