@@ -168,23 +168,15 @@ def interval_margins(model: nn.Module, u: Tensor, labels: Tensor, eps: float) ->
     k = _labels(labels, u2.shape[0], model.out_features, u2.device)
     lo, hi = _box(u2, eps, None, None)
     x_lo, x_hi, _ = interval_bounds(model, lo, hi)
-    m = _box_margins(model, x_lo, x_hi, k)
+    z = core.worst_case_logits(model.C[None], model.c[None], x_lo[None], x_hi[None], k)[0]
+    rnd = _logit_rounding(model, torch.maximum(x_lo.abs(), x_hi.abs()))
+    m = -z - (rnd + rnd.gather(1, k[:, None]))
     m[torch.arange(len(k)), k] = 0.0
     return m
 
 
-def _box_margins(model: nn.Module, x_lo: Tensor, x_hi: Tensor, k: Tensor) -> Tensor:
-    """``m_kj`` of MATH 9 over the hidden boxes ``x_lo .. x_hi``, less the rounding of MATH 12.
-
-    ``(N, classes)``; the entry ``j = k`` is meaningless (set by the callers).
-    """
-    z = core.worst_case_logits(model.C[None], model.c[None], x_lo[None], x_hi[None], k)[0]
-    rnd = _logit_rounding(model, torch.maximum(x_lo.abs(), x_hi.abs()))
-    return -z - (rnd + rnd.gather(1, k[:, None]))
-
-
 class _PairMargins:
-    """``m_kj`` of :func:`_box_margins` for many boxes at a fixed model, as two products.
+    """``m_kj`` of :func:`interval_margins` for many boxes at a fixed model, as two products.
 
     The spread ``|C_k - C_j| . x_r`` of every class pair comes from one product with the
     ``classes^2`` rows ``|C_k - C_j|``, built once, instead of forming ``|C_k - C_j|`` per box
