@@ -599,16 +599,13 @@ class NEMON(nn.Module):
             t_abs = frozen.t_abs if frozen is not None else self._t_abs()
             rho = self._rho_safe(rec.rho[0], x.dtype, t_abs)
             xd, last = x.detach(), rec.last_update[0]
-            if embedded:
-                n = self.hidden_features
-                xd = torch.maximum(xd[:, :n].abs(), xd[:, n:].abs())
-                last = torch.maximum(last[:, :n].abs(), last[:, n:].abs())
-                inj_n = torch.maximum(inj[:, :n].abs(), inj[:, n:].abs()).detach()
-            else:
-                inj_n = inj.detach()
             constants = frozen.rounding if frozen is not None else self._rounding_constants()
-            e = self._rounding(xd, inj_n, u_n, last, rec.alpha[0], constants)
-            bounds = core.per_sample_bound(rho, last, constants[0], e)
+            if embedded:
+                inj_n = self._pair_abs(inj).detach()
+                bounds = self._pair_bound(xd, last, inj_n, u_n, rec.alpha[0], rho, constants)
+            else:
+                e = self._rounding(xd, inj.detach(), u_n, last, rec.alpha[0], constants)
+                bounds = core.per_sample_bound(rho, last, constants[0], e)
         else:
             bounds = torch.full((x.shape[0],), math.inf, dtype=x.dtype, device=x.device)
         if bounds is not None:
@@ -643,16 +640,34 @@ class NEMON(nn.Module):
         """
         lo2, lead = flatten_input(lo, self.in_features, self.B.dtype)
         hi2, _ = flatten_input(hi, self.in_features, self.B.dtype)
-        lo_n, hi_n = self.normalise(lo2), self.normalise(hi2)
         frozen = self._frozen_state()
         if frozen is None:
             self._check_weights("B")
-        z_lo, z_hi = core.box_injection(self.B[None], self.b[None], lo_n, hi_n)
-        inj = torch.cat((z_lo[0], z_hi[0]), dim=-1)
-        u_abs = torch.maximum(lo_n.abs(), hi_n.abs())
+        inj, u_abs = self._box_injection(lo2, hi2)
         x, stats = self._layer(u_abs, inj, True, frozen)
         n = self.hidden_features
         return x[:, :n].reshape(*lead, n), x[:, n:].reshape(*lead, n), stats
+
+    def _box_injection(self, lo2: Tensor, hi2: Tensor) -> tuple[Tensor, Tensor]:
+        """``cat(z_lo, z_hi)`` of MATH 9 for boxes of pixels ``(N, m)``, and the largest
+        normalised input of each box coordinate, ``max(|lo_n|, |hi_n|)`` (for MATH 12)."""
+        lo_n, hi_n = self.normalise(lo2), self.normalise(hi2)
+        z_lo, z_hi = core.box_injection(self.B[None], self.b[None], lo_n, hi_n)
+        return torch.cat((z_lo[0], z_hi[0]), dim=-1), torch.maximum(lo_n.abs(), hi_n.abs())
+
+    def _pair_abs(self, t: Tensor) -> Tensor:
+        """``max(|t_lo|, |t_hi|)`` of an embedded pair ``(N, 2n)`` (its norm, MATH 9)."""
+        n = self.hidden_features
+        return torch.maximum(t[:, :n].abs(), t[:, n:].abs())
+
+    def _pair_bound(
+        self, x: Tensor, last: Tensor, inj_abs: Tensor, u_abs: Tensor, alpha, rho, constants
+    ) -> Tensor:
+        """Per-box a-posteriori bound ``delta`` of an embedded iterate ``x`` with last update
+        ``last`` (MATH 9, 12), at a contraction factor ``rho`` (already made safe)."""
+        xd, ld = self._pair_abs(x), self._pair_abs(last)
+        e = self._rounding(xd, inj_abs, u_abs, ld, alpha, constants)
+        return core.per_sample_bound(rho, ld, constants[0], e)
 
     @torch.no_grad()
     def settle_boxes(
@@ -710,11 +725,8 @@ class NEMON(nn.Module):
         eta = rounding[0]
         factor = stop_factor(self.stop, rho)
         rho_safe = self._rho_safe(rho, lo2.dtype, t_abs)
-        lo_n, hi_n = self.normalise(lo2), self.normalise(hi2)
-        z_lo, z_hi = core.box_injection(self.B[None], self.b[None], lo_n, hi_n)
-        inj = torch.cat((z_lo[0], z_hi[0]), dim=-1)
-        inj_abs = torch.maximum(z_lo[0].abs(), z_hi[0].abs())
-        u_abs = torch.maximum(lo_n.abs(), hi_n.abs())
+        inj, u_abs = self._box_injection(lo2, hi2)
+        inj_abs = self._pair_abs(inj)
         values = torch.zeros(N, dtype=torch.bool, device=dev)
         widening = torch.zeros(N, dtype=lo2.dtype, device=dev)
         rows = torch.arange(N, device=dev)
@@ -729,13 +741,10 @@ class NEMON(nn.Module):
                 continue
             last, x = x_new - x, x_new
             checked, due = k, k + max(every, int(k * SETTLE_GROWTH))
-            ld = torch.maximum(last[:, :n].abs(), last[:, n:].abs())
             if rho_safe < 1:
-                xd = torch.maximum(x[:, :n].abs(), x[:, n:].abs())
-                e = self._rounding(xd, inj_abs, u_abs, ld, alpha, rounding)
-                delta = core.per_sample_bound(rho_safe, ld, eta, e)
+                delta = self._pair_bound(x, last, inj_abs, u_abs, alpha, rho_safe, rounding)
             else:  # no contraction known: nothing is enclosed
-                delta = torch.full_like(ld[:, 0], math.inf)
+                delta = torch.full_like(x[:, 0], math.inf)
             w = delta[:, None] / eta
             outer = ((x[:, :n] - w).clamp(min=0), x[:, n:] + w)
             inner = (x[:, :n] + w, (x[:, n:] - w).clamp(min=0))
