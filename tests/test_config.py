@@ -5,6 +5,7 @@ import copy
 import pytest
 import yaml
 from conftest import REPO
+from snakemake.utils import update_config
 
 from nemon.config import (
     allowed,
@@ -207,3 +208,36 @@ def test_the_paper_grids_slowest_group_gets_the_highest_priority():
 def test_job_priority_refuses_an_unknown_stage():
     with pytest.raises(ValueError, match="unknown stage 'plot'"):
         job_priority("plot", "nemon", "lipschitz", 0.5, 8)
+
+
+def test_an_experiment_set_to_null_is_switched_off_as_snakemake_merges_it():
+    # a --configfile or --config is merged into config.yaml (snakemake.utils.update_config):
+    # a key cannot be removed, only set to null
+    cfg = copy.deepcopy(BASE)
+    off = [name for name in BASE["experiments"] if name != "paper"]
+    update_config(
+        cfg, yaml.safe_load("experiments: {" + ", ".join(f"{n}: null" for n in off) + "}")
+    )
+    assert all(cfg["experiments"][n] is None for n in off)
+    done = valid(cfg)
+    assert list(done["experiments"]) == ["paper"]
+    assert done["experiments"]["paper"] == valid(BASE)["experiments"]["paper"]
+    groups = training_groups(done)
+    assert {(g.model, g.objective) for g in groups} == {("nemon", "lipschitz")}
+    assert len(groups) == len(BASE["experiments"]["paper"]["gamma"]) * len(BASE["seeds"])
+
+
+@pytest.mark.parametrize("null", [None, "null", "~"])
+def test_a_null_as_text_switches_an_experiment_off_too(null):
+    # values of --config arrive as text: "experiments={mlp: null}" gives the string 'null'
+    assert "mlp" not in valid(with_("experiments.mlp", null))["experiments"]
+    with pytest.raises(ConfigurationError, match=r"experiments\.mlp: 'none'"):
+        valid(with_("experiments.mlp", "none"))
+
+
+def test_switching_off_every_experiment_is_refused():
+    cfg = with_("experiments", {name: None for name in BASE["experiments"]})
+    with pytest.raises(ConfigurationError, match="every experiment is switched off"):
+        valid(cfg)
+    with pytest.raises(ConfigurationError, match="experiments"):
+        valid(with_("experiments", {}))  # the schema's minProperties

@@ -154,6 +154,21 @@ def test_a_nested_key_can_be_overridden_from_the_command_line(wf):
     assert r.returncode != 0 and "training.epochs: 'x' is not a number" in r.stdout + r.stderr
 
 
+def test_experiments_switched_off_from_the_command_line_plan_no_job(wf):
+    off = [
+        n for n in yaml.safe_load((REPO / "config.yaml").read_text())["experiments"] if n != "paper"
+    ]
+    spec = "experiments={" + ", ".join(f"{n}: null" for n in off) + "}"
+    r = snakemake("-n", "--config", spec, cwd=wf)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rules = set(job_counts(r.stdout))
+    assert {"train_nemon_lipschitz", "evaluate_nemon_lipschitz"} <= rules
+    assert not {x for x in rules if x.startswith(("train_", "evaluate_"))} - {
+        "train_nemon_lipschitz",
+        "evaluate_nemon_lipschitz",
+    }
+
+
 def test_a_gpu_profile_with_a_cpu_config_is_refused_before_any_job(wf):
     r = snakemake("-n", "--profile", "profiles/slurm-gpu", "--config", "device=cpu", cwd=wf)
     out = r.stdout + r.stderr

@@ -8,7 +8,8 @@ value and what is allowed — anything the schema or the experiment forbids:
 NaN or infinity, a float where an integer is needed (a seed of ``1.0`` would
 name a folder ``s1.0``), ``gamma >= 1``, an eps outside ``[0, 1]``, a ramp that
 ends after the run, ``device: cuda`` without a GPU, ``data_dir`` with
-``mnist-5k``, a figure eps that is not evaluated.
+``mnist-5k``, a figure eps that is not evaluated. An experiment set to null is
+switched off (``--config "experiments={mlp: null}"``).
 
 :func:`training_groups` turns the validated config into the jobs of the grid:
 one group per ``(model, objective, gamma, seed)`` holding every value of the
@@ -181,6 +182,7 @@ def validate_config(config: dict, schema: Mapping | None = None, *, cuda_availab
     cuda`` is refused before any job when it cannot); default: torch's answer.
     """
     schema = schema or load_schema()
+    config = _switch_off(config)
     config = _coerce(config, schema, schema, [])
     _fill_defaults(config, schema, schema)
     validator = jsonschema.Draft202012Validator(schema)
@@ -191,6 +193,26 @@ def validate_config(config: dict, schema: Mapping | None = None, *, cuda_availab
     _check_figures(config)
     _check_runtime(config, cuda_available)
     return config
+
+
+def _is_null(value) -> bool:
+    # --config hands nested values over as text, so a null arrives as YAML spells it
+    return value is None or (isinstance(value, str) and value in ("null", "Null", "NULL", "~"))
+
+
+def _switch_off(config: dict) -> dict:
+    """Drop the experiments set to null: the way to switch one off from a ``--configfile`` or
+    ``--config``, which Snakemake merges into ``config.yaml`` (a mapping cannot lose a key)."""
+    exps = config.get("experiments")
+    if not isinstance(exps, Mapping) or not exps:
+        return config  # the schema's default or its error
+    kept = {name: exp for name, exp in exps.items() if not _is_null(exp)}
+    if not kept:
+        raise ConfigurationError(
+            "invalid config: experiments: every experiment is switched off (set to null); keep "
+            f"at least one. {FIX}"
+        )
+    return {**config, "experiments": kept}
 
 
 def _check_experiments(config: dict) -> None:
