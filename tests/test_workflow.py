@@ -7,6 +7,7 @@ into the repository (not even .snakemake/).
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -167,6 +168,27 @@ def test_experiments_switched_off_from_the_command_line_plan_no_job(wf):
         "train_nemon_lipschitz",
         "evaluate_nemon_lipschitz",
     }
+
+
+def test_the_readme_budget_command_plans_the_paper_grid_at_the_old_settings(wf):
+    # the command under "Evaluation" that measured the evaluation issue's time budget
+    text = (REPO / "README.md").read_text()
+    block = text.split("**The time budget", 1)[1].split("```", 2)[1]
+    args = shlex.split(block.replace("\\\n", " "))
+    assert args[:3] == ["snakemake", "--cores", "2"], args
+    r = snakemake("-n", *args[1:], cwd=wf)
+    assert r.returncode == 0, r.stdout + r.stderr
+    counts = job_counts(r.stdout)
+    paper = yaml.safe_load((REPO / "config.yaml").read_text())["experiments"]["paper"]
+    groups = len(paper["gamma"]) * 3  # three seeds
+    assert counts["train_nemon_lipschitz"] == counts["evaluate_nemon_lipschitz"] == groups
+    assert {x for x in counts if x.startswith(("train_", "evaluate_"))} == {
+        "train_nemon_lipschitz",
+        "evaluate_nemon_lipschitz",
+    }
+    outputs = re.findall(r"^\s+output: (.+)$", r.stdout, flags=re.MULTILINE)
+    files = [f.strip() for line in outputs for f in line.split(",")]
+    assert files and all(f.startswith(("budget/", "resources/")) for f in files)
 
 
 def test_a_gpu_profile_with_a_cpu_config_is_refused_before_any_job(wf):
