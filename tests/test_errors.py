@@ -97,3 +97,21 @@ def test_training_arguments_are_validated():
         train(model, x, y, epochs=1, batch_size=10, lr=1e-3, lam=-1.0, seed=0)
     with pytest.raises(nemon.ConfigurationError, match="lr"):
         train(model, x, y, epochs=1, batch_size=10, lr=0.0, lam=0.0, seed=0)
+
+
+def test_a_command_line_tool_ends_a_nemon_error_with_its_message_not_a_traceback():
+    from nemon.errors import ConfigurationError, DatasetError, exit_from
+
+    for err in (ConfigurationError("--rounds must be at least 1"), DatasetError("no data")):
+
+        def main(err=err):
+            raise err
+
+        with pytest.raises(SystemExit) as e:
+            exit_from(main)
+        assert e.value.code == f"error: {err}"  # printed to stderr, status 1
+    with pytest.raises(SystemExit) as e:
+        exit_from(lambda: 3)
+    assert e.value.code == 3
+    with pytest.raises(KeyError):  # a bug stays a traceback
+        exit_from(lambda: {}["x"])

@@ -5,6 +5,10 @@ Every error names the offending value and says what to do about it.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
 
 class NemonError(Exception):
     """Base class of every error raised on purpose by nemon."""
@@ -36,3 +40,12 @@ class NonConvergenceWarning(RuntimeWarning):
 
 class PrecisionWarning(RuntimeWarning):
     """A tolerance below what the floating-point type resolves (MATH 12; emitted once per model)."""
+
+
+def exit_from(main: Callable[[], int | None]) -> NoReturn:
+    """End a command-line tool with ``main()``'s status; a nemon error (a bad argument, a
+    missing data set, ...) ends it with ``error: <message>`` and status 1, not a traceback."""
+    try:
+        sys.exit(main())
+    except NemonError as err:
+        sys.exit(f"error: {err}")

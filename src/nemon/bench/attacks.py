@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from .. import attacks
 from ..contracts import load_model
 from ..data import load_dataset, stratified_subset
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, exit_from
 from ..evaluation import AttackSettings, EvalSettings, run_attack
 from ..training import to_pixels
 from .report import grid
@@ -217,4 +217,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_from(main)

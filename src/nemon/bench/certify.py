@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..contracts import load_model
 from ..data import load_dataset
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, exit_from
 from ..robustness import certified_mask, check_eps, interval_margins
 from .forward import read_record
 from .report import grid
@@ -149,7 +149,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ConfigurationError as err:
-        sys.exit(f"error: {err}")
+    exit_from(main)

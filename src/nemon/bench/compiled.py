@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +35,7 @@ import torch
 from torch import Tensor
 
 from .. import core, solvers
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, exit_from
 from ..model import NEMON
 from .config import HIDDEN, IN_FEATURES
 from .report import grid
@@ -273,7 +272,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ConfigurationError as err:
-        sys.exit(f"error: {err}")
+    exit_from(main)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import stratified_subset
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, exit_from
 from ..evaluation import EvalSettings, run_attack
 from .attacks import check_committed, load_evaluated
 from .report import grid
@@ -110,4 +110,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_from(main)

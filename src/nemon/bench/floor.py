@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, exit_from
 from .config import HIDDEN, IN_FEATURES
 from .timing import flops_per_sample, matmul_gflops
 
@@ -177,4 +176,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_from(main)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ from torch import Tensor, nn
 from .. import solvers
 from ..contracts import load_model
 from ..data import load_dataset, stratified_subset
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, exit_from
 from .report import grid
 
 
@@ -232,7 +231,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ConfigurationError as err:
-        sys.exit(f"error: {err}")
+    exit_from(main)

@@ -14,7 +14,6 @@ every solver), the Lipschitz bound and the convergence record.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -23,7 +22,7 @@ import torch
 
 from ..contracts import build_model
 from ..data import load_dataset, stratified_subset
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, exit_from
 from ..solvers import SOLVERS
 from ..training import (
     Objective,
@@ -240,4 +239,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_from(main)

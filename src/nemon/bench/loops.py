@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 from .. import solvers
 from ..contracts import load_model
 from ..data import load_dataset
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, exit_from
 from ..model import NEMON
 from ..training import to_pixels
 from . import runs
@@ -227,7 +226,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ConfigurationError as err:
-        sys.exit(f"error: {err}")
+    exit_from(main)

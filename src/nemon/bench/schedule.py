@@ -23,14 +23,13 @@ import argparse
 import heapq
 import json
 import random
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
 from ..config import job_priority
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, exit_from
 
 GROUP = ["model", "objective", "gamma", "seed"]
 
@@ -185,4 +184,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_from(main)
