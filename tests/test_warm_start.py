@@ -219,8 +219,8 @@ def test_bench_attacks_compares_cold_and_warm_on_the_evaluation_settings():
     rows = bench_attacks.measure(model, X, Y, s, rounds=2)
     assert [r["attack"] for r in rows] == ["pgd", "autoattack"]
     for r in rows:
-        assert r["warm_fwd_it"] < r["cold_fwd_it"]
-        assert r["speedup"] == pytest.approx(r["cold_s"] / r["warm_s"])
+        assert r["fast_fwd_it"] < r["cold_fwd_it"]
+        assert r["speedup"] == pytest.approx(r["cold_s"] / r["fast_s"])
         assert 0 <= r["differ"] <= r["images"] * len(r["eps"].split())
     pgd_row = rows[0]
     # the cold run is the evaluation's: it reproduces a robustness table made from it
@@ -234,6 +234,26 @@ def test_bench_attacks_compares_cold_and_warm_on_the_evaluation_settings():
     committed.loc[0, "accuracy"] += 0.05  # one image of 20 more
     with pytest.raises(RuntimeError, match="does not reproduce the committed run"):
         bench_attacks.check_committed(rows[:1], committed, "here")
+
+
+def test_bench_attacks_looser_attack_tol_fewer_iterations_same_judge():
+    model = sensitive_model(8, gamma=0.9, tol=1e-6)
+    X, Y = toy_data(40, seed=3)
+    s = EvalSettings(
+        tol=1e-9,
+        attack_tol=1e-7,
+        pgd=AttackSettings(eps=(0.1,), images=20, steps=4, restarts=1),
+        autoattack=AttackSettings(eps=(), images=8),
+    )
+    (row,) = bench_attacks.measure(model, X, Y, s, warm=False, attack_tol=1e-2)
+    # cold both ways: only the attack's tolerance differs, and it stops its solves earlier
+    assert row["fast_fwd_it"] < row["cold_fwd_it"] and row["fast_bwd_it"] < row["cold_bwd_it"]
+    (same,) = bench_attacks.measure(model, X, Y, s, warm=False, attack_tol=1e-7)
+    assert same["differ"] == 0 and same["fast_fwd_it"] == same["cold_fwd_it"]
+    with pytest.raises(ConfigurationError, match="nothing to compare"):
+        bench_attacks.measure(model, X, Y, s, warm=False)
+    with pytest.raises(ConfigurationError, match="attack_tol must be positive"):
+        bench_attacks.measure(model, X, Y, s, attack_tol=0.0)
 
 
 def test_bench_attacks_refuses_a_folder_without_an_evaluation(tmp_path):

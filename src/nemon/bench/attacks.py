@@ -1,21 +1,25 @@
-"""What warm starts save in the evaluation's attacks, and what they change.
+"""What warm starts and a looser attack tolerance save in the attacks, and what they change.
 
 ``python -m nemon.bench.attacks results/mnist-5k/models/nemon/lipschitz/g0.9_l0.01_s2``
 runs PGD and AutoAttack on a committed model exactly as its evaluation did (the
 settings recorded in its ``evaluation.json``: eps, subset, steps, restarts, queries,
 tolerances), once with every solve starting cold (from zero; the committed path)
-and once with warm starts (:meth:`nemon.model.NEMON.warm_starts`: each solve of the
-attack starts from the last solution), alternating in rounds in one process on one
-thread. Per attack it reports the median wall time of each way, the ratio, the mean
-iterations of the attack's forward and backward solves, the robust accuracies, and
-how many (image, eps) outcomes differ between the two. The cold run is checked
-against the model's committed ``robustness.csv``: it must give the committed
-accuracies.
+and once the fast way: with warm starts (:meth:`nemon.model.NEMON.warm_starts`: each
+solve of the attack starts from the last solution; ``--no-warm`` keeps cold starts)
+and, with ``--attack-tol T``, the attack's own solves stopped at relative step ``T``
+instead of the recorded ``attack_tol`` (the clean and final checks keep the recorded
+``tol``, so every outcome is still judged at the evaluation's tolerance). The two ways
+alternate in rounds in one process on one thread. Per attack it reports the median
+wall time of each way, the ratio, the mean iterations of the attack's forward and
+backward solves, the robust accuracies, and how many (image, eps) outcomes differ
+between the two. The cold run is checked against the model's committed
+``robustness.csv``: it must give the committed accuracies.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -83,8 +87,20 @@ def measure(
     *,
     attacks_: Sequence[str] = ATTACKS,
     rounds: int = 1,
+    warm: bool = True,
+    attack_tol: float | None = None,
 ) -> list[dict]:
-    """Cold against warm starts for each attack, alternating in ``rounds``; one row each."""
+    """The committed way (cold, ``s.attack_tol``) against the fast way (warm starts if
+    ``warm``, the attack's solves at ``attack_tol`` if given) for each attack,
+    alternating in ``rounds``; one row each."""
+    if attack_tol is not None and not attack_tol > 0:
+        raise ConfigurationError(f"attack_tol must be positive, got {attack_tol}")
+    if not warm and attack_tol is None:
+        raise ConfigurationError(
+            "nothing to compare: the fast way needs warm starts or another attack_tol"
+        )
+    fast_s = s if attack_tol is None else dataclasses.replace(s, attack_tol=attack_tol)
+    ways = {False: (s, False), True: (fast_s, warm)}  # fast? -> (settings, warm starts)
     rows = []
     with attacks.frozen_weights(model):
         for name in attacks_:
@@ -92,16 +108,19 @@ def measure(
                 continue
             runs: dict[bool, list[dict]] = {False: [], True: []}
             for r in range(rounds):
-                for warm in (False, True) if r % 2 == 0 else (True, False):
-                    runs[warm].append(run_attack_set(model, name, X, Y, s, warm=warm))
-            cold, warm = runs[False][-1], runs[True][-1]
-            for w in (False, True):  # a run must not depend on the round it was made in
-                for other in runs[w][:-1]:
+                for fast in (False, True) if r % 2 == 0 else (True, False):
+                    settings, w = ways[fast]
+                    runs[fast].append(run_attack_set(model, name, X, Y, settings, warm=w))
+            cold, warm_run = runs[False][-1], runs[True][-1]
+            for f in (False, True):  # a run must not depend on the round it was made in
+                for other in runs[f][:-1]:
                     if any(
-                        not torch.equal(other["robust"][e], runs[w][-1]["robust"][e])
+                        not torch.equal(other["robust"][e], runs[f][-1]["robust"][e])
                         for e in other["robust"]
                     ):
-                        raise RuntimeError(f"{name}: two runs with warm={w} disagree")
+                        raise RuntimeError(
+                            f"{name}: two runs of the {('cold', 'fast')[f]} way disagree"
+                        )
             cold_s = statistics.median(r["seconds"] for r in runs[False])
             warm_s = statistics.median(r["seconds"] for r in runs[True])
             rows.append(
@@ -110,20 +129,21 @@ def measure(
                     "eps": " ".join(f"{e:g}" for e in cold["robust"]),
                     "images": int(next(iter(cold["robust"].values())).numel()),
                     "cold_s": cold_s,
-                    "warm_s": warm_s,
+                    "fast_s": warm_s,
                     "speedup": cold_s / warm_s,
                     "cold_fwd_it": cold["fwd_it"],
-                    "warm_fwd_it": warm["fwd_it"],
+                    "fast_fwd_it": warm_run["fwd_it"],
                     "cold_bwd_it": cold["bwd_it"],
-                    "warm_bwd_it": warm["bwd_it"],
+                    "fast_bwd_it": warm_run["bwd_it"],
                     "cold_acc": " ".join(
                         f"{float(v.float().mean()):.3f}" for v in cold["robust"].values()
                     ),
-                    "warm_acc": " ".join(
-                        f"{float(v.float().mean()):.3f}" for v in warm["robust"].values()
+                    "fast_acc": " ".join(
+                        f"{float(v.float().mean()):.3f}" for v in warm_run["robust"].values()
                     ),
                     "differ": sum(
-                        int((cold["robust"][e] != warm["robust"][e]).sum()) for e in cold["robust"]
+                        int((cold["robust"][e] != warm_run["robust"][e]).sum())
+                        for e in cold["robust"]
                     ),
                     "_cold_robust": cold["robust"],
                 }
@@ -190,7 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("model_dirs", nargs="+", help="model folders with an evaluation.json")
     p.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
-    p.add_argument("--rounds", type=int, default=1, help="alternations of cold and warm")
+    p.add_argument("--rounds", type=int, default=1, help="alternations of cold and fast")
+    p.add_argument(
+        "--no-warm", dest="warm", action="store_false", help="the fast way starts cold too"
+    )
+    p.add_argument(
+        "--attack-tol",
+        type=float,
+        default=None,
+        help="the fast way's attack solves stop at this relative step (default: as recorded)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = p.parse_args(argv)
@@ -202,7 +231,16 @@ def main(argv: list[str] | None = None) -> int:
     for d in args.model_dirs:
         folder = Path(d)
         model, X, Y, s = load_evaluated(folder, data, nemon_only=True)
-        rows = measure(model, X, Y, s, attacks_=args.attacks, rounds=args.rounds)
+        rows = measure(
+            model,
+            X,
+            Y,
+            s,
+            attacks_=args.attacks,
+            rounds=args.rounds,
+            warm=args.warm,
+            attack_tol=args.attack_tol,
+        )
         committed = folder / "robustness.csv"
         if committed.exists():
             check_committed(rows, pd.read_csv(committed), str(folder))
@@ -211,7 +249,15 @@ def main(argv: list[str] | None = None) -> int:
             table.append({"model": folder.name, **r})
         print(f"# {folder}: done", file=sys.stderr, flush=True)
     keys = list(table[0])
-    print(f"# cold vs warm starts, {args.rounds} round(s), {args.threads} thread(s), medians")
+    fast = ("warm starts" if args.warm else "cold starts") + (
+        f", attack_tol {args.attack_tol:g}"
+        if args.attack_tol is not None
+        else ", recorded attack_tol"
+    )
+    print(
+        f"# cold (as recorded) vs fast ({fast}), {args.rounds} round(s), "
+        f"{args.threads} thread(s), medians"
+    )
     print(grid(keys, [[_cell(k, r[k]) for k in keys] for r in table], markdown=args.markdown))
     return 0
 
