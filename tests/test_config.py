@@ -1,6 +1,9 @@
 """nemon.config: the workflow config is validated before any job, with messages naming the key."""
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -241,3 +244,37 @@ def test_switching_off_every_experiment_is_refused():
         valid(cfg)
     with pytest.raises(ConfigurationError, match="experiments"):
         valid(with_("experiments", {}))  # the schema's minProperties
+
+
+# --- the bench tools' pinned code paths --------------------------------------------------------
+_SHOW_ENV = (
+    "import os; from nemon.config import pin_code_paths, REPRODUCIBLE_ENV; pin_code_paths(); "
+    "print(' '.join(os.environ.get(k, '-') for k in sorted(REPRODUCIBLE_ENV)))"
+)
+
+
+def _show_env(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", _SHOW_ENV], env=env, capture_output=True, text=True, check=True
+    )
+
+
+def test_pin_code_paths_starts_the_command_again_pinned():
+    from nemon.config import REPRODUCIBLE_ENV
+
+    bare = {k: v for k, v in os.environ.items() if k not in REPRODUCIBLE_ENV}
+    bare.pop("NEMON_PINNED_REEXEC", None)
+    want = " ".join(REPRODUCIBLE_ENV[k] for k in sorted(REPRODUCIBLE_ENV))
+    run = _show_env(bare)  # none set: the same command runs again, with them
+    assert run.stdout.split("\n")[-2] == want
+    assert "started again with the workflow's pinned CPU code paths" in run.stderr
+    run = _show_env({**bare, **REPRODUCIBLE_ENV})  # all set: runs once, says nothing
+    assert run.stdout.split("\n")[-2] == want and "started again" not in run.stderr
+    # already started again and still not pinned: refuses instead of looping
+    fail = subprocess.run(
+        [sys.executable, "-c", _SHOW_ENV],
+        env={**bare, "NEMON_PINNED_REEXEC": "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert fail.returncode != 0 and "could not set" in fail.stderr

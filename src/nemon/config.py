@@ -22,6 +22,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,6 +327,28 @@ REPRODUCIBLE_ENV = {
     "MKL_CBWR": "AVX2",
     "DNNL_MAX_CPU_ISA": "AVX2",
 }
+
+
+def pin_code_paths() -> None:
+    """Run this command again in a fresh process with :data:`REPRODUCIBLE_ENV` set, unless set.
+
+    For the command-line tools that redo a committed evaluation and check they get its
+    numbers: the variables are read at process start, so without them a tool takes another
+    CPU's kernels than the workflow's jobs did, rounds differently, and can flip an outcome
+    at the boundary. Call it first thing under ``if __name__ == "__main__":``.
+    """
+    if all(os.environ.get(k) == v for k, v in REPRODUCIBLE_ENV.items()):
+        return
+    if os.environ.get("NEMON_PINNED_REEXEC"):  # set and still not pinned: do not loop
+        raise RuntimeError(f"could not set {sorted(REPRODUCIBLE_ENV)} for this process")
+    print(
+        "# started again with the workflow's pinned CPU code paths: "
+        + " ".join(f"{k}={v}" for k, v in REPRODUCIBLE_ENV.items()),
+        file=sys.stderr,
+        flush=True,
+    )
+    env = {**os.environ, **REPRODUCIBLE_ENV, "NEMON_PINNED_REEXEC": "1"}
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
 def job_environment(config: Mapping) -> dict[str, str]:

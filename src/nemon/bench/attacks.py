@@ -11,9 +11,11 @@ instead of the recorded ``attack_tol`` (the clean and final checks keep the reco
 ``tol``, so every outcome is still judged at the evaluation's tolerance). The two ways
 alternate in rounds in one process on one thread. Per attack it reports the median
 wall time of each way, the ratio, the mean iterations of the attack's forward and
-backward solves, the robust accuracies, and how many (image, eps) outcomes differ
-between the two. The cold run is checked against the model's committed
-``robustness.csv``: it must give the committed accuracies.
+backward solves, the robust accuracies, how many (image, eps) outcomes differ
+between the two (``differ``) and how many of those only the cold way broke
+(``only_cold_broke``: where the fast way was the weaker attack). The cold run is
+checked against the model's committed ``robustness.csv``: it must give the committed
+accuracies.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import attacks
+from ..config import pin_code_paths
 from ..contracts import load_model
 from ..data import load_dataset, stratified_subset
 from ..errors import ConfigurationError, exit_from
@@ -145,6 +148,11 @@ def measure(
                         int((cold["robust"][e] != warm_run["robust"][e]).sum())
                         for e in cold["robust"]
                     ),
+                    # of those: broken only by the cold way (the fast way was weaker there)
+                    "only_cold_broke": sum(
+                        int((warm_run["robust"][e] & ~cold["robust"][e]).sum())
+                        for e in cold["robust"]
+                    ),
                     "_cold_robust": cold["robust"],
                 }
             )
@@ -246,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             check_committed(rows, pd.read_csv(committed), str(folder))
         for r in rows:
             r.pop("_cold_robust")
-            table.append({"model": folder.name, **r})
+            table.append({"model": "/".join(folder.parts[-3:]), **r})
         print(f"# {folder}: done", file=sys.stderr, flush=True)
     keys = list(table[0])
     fast = ("warm starts" if args.warm else "cold starts") + (
@@ -263,4 +271,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    pin_code_paths()  # the workflow's kernels, or the committed numbers may not come back
     exit_from(main)

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from ..config import pin_code_paths
 from ..data import stratified_subset
 from ..errors import ConfigurationError, exit_from
 from ..evaluation import EvalSettings, run_attack
@@ -110,4 +111,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    pin_code_paths()  # the workflow's kernels, or the committed numbers may not come back
     exit_from(main)
