@@ -238,6 +238,16 @@ def test_a_null_as_text_switches_an_experiment_off_too(null):
         valid(with_("experiments.mlp", "none"))
 
 
+@pytest.mark.parametrize(("text", "value"), [("true", True), ("True", True), ("false", False)])
+def test_a_boolean_given_as_text_is_read_as_a_boolean(text, value):
+    # --config "evaluation={warm_start: true}" hands the nested value over as the text 'true'
+    merged = copy.deepcopy(BASE)
+    update_config(merged, {"evaluation": {"warm_start": text}})
+    assert valid(merged)["evaluation"]["warm_start"] is value
+    with pytest.raises(ConfigurationError, match=r"evaluation\.warm_start: 'yes'.*true or false"):
+        valid(with_("evaluation.warm_start", "yes"))
+
+
 def test_switching_off_every_experiment_is_refused():
     cfg = with_("experiments", {name: None for name in BASE["experiments"]})
     with pytest.raises(ConfigurationError, match="every experiment is switched off"):

@@ -117,8 +117,21 @@ def allowed(schema: Mapping, root: Mapping | None = None) -> str:
 
 
 # --- normalisation before the schema -----------------------------------------------------------
+# YAML's (1.2 core schema) spellings of a boolean: what a --config value may say as text
+_BOOLEANS = {
+    "true": True,
+    "True": True,
+    "TRUE": True,
+    "false": False,
+    "False": False,
+    "FALSE": False,
+}
+
+
 def _coerce(value, schema: Mapping | None, root: Mapping, path: list) -> Any:
-    """Numbers given as text become numbers; non-finite numbers and floats-for-ints are errors."""
+    """Numbers and booleans given as text (``--config "evaluation={warm_start: true}"``
+    hands nested values over as text) become numbers and booleans; non-finite numbers and
+    floats-for-ints are errors."""
     if schema is None:
         return value
     schema = _resolve(schema, root)
@@ -128,6 +141,8 @@ def _coerce(value, schema: Mapping | None, root: Mapping, path: list) -> Any:
         return {k: _coerce(v, _child(schema, k, root), root, [*path, k]) for k, v in value.items()}
     if isinstance(value, list):
         return [_coerce(v, _child(schema, i, root), root, [*path, i]) for i, v in enumerate(value)]
+    if isinstance(value, str) and "boolean" in types and "string" not in types:
+        value = _BOOLEANS.get(value, value)  # anything else: the schema names what is allowed
     numeric = "number" in types or "integer" in types
     if isinstance(value, str) and numeric and "string" not in types:
         try:
