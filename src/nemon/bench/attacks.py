@@ -102,8 +102,8 @@ def measure(
         raise ConfigurationError(
             "nothing to compare: the fast way needs warm starts or another attack_tol"
         )
-    fast_s = s if attack_tol is None else dataclasses.replace(s, attack_tol=attack_tol)
-    ways = {False: (s, False), True: (fast_s, warm)}  # fast? -> (settings, warm starts)
+    fast_settings = s if attack_tol is None else dataclasses.replace(s, attack_tol=attack_tol)
+    ways = {False: (s, False), True: (fast_settings, warm)}  # fast? -> (settings, warm starts)
     rows = []
     with attacks.frozen_weights(model):
         for name in attacks_:
@@ -111,10 +111,10 @@ def measure(
                 continue
             runs: dict[bool, list[dict]] = {False: [], True: []}
             for r in range(rounds):
-                for fast in (False, True) if r % 2 == 0 else (True, False):
-                    settings, w = ways[fast]
-                    runs[fast].append(run_attack_set(model, name, X, Y, settings, warm=w))
-            cold, warm_run = runs[False][-1], runs[True][-1]
+                for is_fast in (False, True) if r % 2 == 0 else (True, False):
+                    settings, w = ways[is_fast]
+                    runs[is_fast].append(run_attack_set(model, name, X, Y, settings, warm=w))
+            cold, fast = runs[False][-1], runs[True][-1]
             for f in (False, True):  # a run must not depend on the round it was made in
                 for other in runs[f][:-1]:
                     if any(
@@ -125,33 +125,31 @@ def measure(
                             f"{name}: two runs of the {('cold', 'fast')[f]} way disagree"
                         )
             cold_s = statistics.median(r["seconds"] for r in runs[False])
-            warm_s = statistics.median(r["seconds"] for r in runs[True])
+            fast_s = statistics.median(r["seconds"] for r in runs[True])
             rows.append(
                 {
                     "attack": name,
                     "eps": " ".join(f"{e:g}" for e in cold["robust"]),
                     "images": int(next(iter(cold["robust"].values())).numel()),
                     "cold_s": cold_s,
-                    "fast_s": warm_s,
-                    "speedup": cold_s / warm_s,
+                    "fast_s": fast_s,
+                    "speedup": cold_s / fast_s,
                     "cold_fwd_it": cold["fwd_it"],
-                    "fast_fwd_it": warm_run["fwd_it"],
+                    "fast_fwd_it": fast["fwd_it"],
                     "cold_bwd_it": cold["bwd_it"],
-                    "fast_bwd_it": warm_run["bwd_it"],
+                    "fast_bwd_it": fast["bwd_it"],
                     "cold_acc": " ".join(
                         f"{float(v.float().mean()):.3f}" for v in cold["robust"].values()
                     ),
                     "fast_acc": " ".join(
-                        f"{float(v.float().mean()):.3f}" for v in warm_run["robust"].values()
+                        f"{float(v.float().mean()):.3f}" for v in fast["robust"].values()
                     ),
                     "differ": sum(
-                        int((cold["robust"][e] != warm_run["robust"][e]).sum())
-                        for e in cold["robust"]
+                        int((cold["robust"][e] != fast["robust"][e]).sum()) for e in cold["robust"]
                     ),
                     # of those: broken only by the cold way (the fast way was weaker there)
                     "only_cold_broke": sum(
-                        int((warm_run["robust"][e] & ~cold["robust"][e]).sum())
-                        for e in cold["robust"]
+                        int((fast["robust"][e] & ~cold["robust"][e]).sum()) for e in cold["robust"]
                     ),
                     "_cold_robust": cold["robust"],
                 }
