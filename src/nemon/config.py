@@ -117,14 +117,12 @@ def allowed(schema: Mapping, root: Mapping | None = None) -> str:
 
 
 # --- normalisation before the schema -----------------------------------------------------------
-# YAML's (1.2 core schema) spellings of a boolean: what a --config value may say as text
-_BOOLEANS = {
-    "true": True,
-    "True": True,
-    "TRUE": True,
-    "false": False,
-    "False": False,
-    "FALSE": False,
+# YAML's (1.2 core schema) spellings of null and the booleans: --config hands nested values
+# over as text, so these arrive as strings and are read here as YAML would read them
+_TEXT_SCALARS = {
+    **dict.fromkeys(("null", "Null", "NULL", "~"), None),
+    **dict.fromkeys(("true", "True", "TRUE"), True),
+    **dict.fromkeys(("false", "False", "FALSE"), False),
 }
 
 
@@ -142,7 +140,8 @@ def _coerce(value, schema: Mapping | None, root: Mapping, path: list) -> Any:
     if isinstance(value, list):
         return [_coerce(v, _child(schema, i, root), root, [*path, i]) for i, v in enumerate(value)]
     if isinstance(value, str) and "boolean" in types and "string" not in types:
-        value = _BOOLEANS.get(value, value)  # anything else: the schema names what is allowed
+        if isinstance(_TEXT_SCALARS.get(value), bool):
+            value = _TEXT_SCALARS[value]  # anything else: the schema names what is allowed
     numeric = "number" in types or "integer" in types
     if isinstance(value, str) and numeric and "string" not in types:
         try:
@@ -213,8 +212,9 @@ def validate_config(config: dict, schema: Mapping | None = None, *, cuda_availab
 
 
 def _is_null(value) -> bool:
-    # --config hands nested values over as text, so a null arrives as YAML spells it
-    return value is None or (isinstance(value, str) and value in ("null", "Null", "NULL", "~"))
+    return value is None or (
+        isinstance(value, str) and value in _TEXT_SCALARS and _TEXT_SCALARS[value] is None
+    )
 
 
 def _switch_off(config: dict) -> dict:
