@@ -125,7 +125,7 @@ def test_every_job_has_a_log_and_a_benchmark(wf):
             continue
         stage = rule.split("_", 1)[0] if rule.startswith(("train_", "evaluate_")) else rule
         assert re.search(rf"^\s+log: smoke/logs/{stage}/", text, flags=re.MULTILINE), (rule, text)
-        assert re.search(rf"^\s+benchmark: smoke/benchmarks/{stage}/", text, flags=re.MULTILINE)
+        assert re.search(rf"^\s+benchmark: smoke/logs/benchmarks/{stage}/", text, flags=re.MULTILINE)
 
 
 def test_aggregation_and_figures_never_go_to_a_cluster():

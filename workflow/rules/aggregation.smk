@@ -20,7 +20,7 @@ rule summarise:
     log:
         f"{OUT}logs/summarise/{{dataset}}.log",
     benchmark:
-        f"{OUT}benchmarks/summarise/{{dataset}}.tsv"
+        f"{OUT}logs/benchmarks/summarise/{{dataset}}.tsv"
     params:
         allow_not_converged=config["evaluation"]["allow_not_converged"],
     script:

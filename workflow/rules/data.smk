@@ -5,7 +5,7 @@ rule prepare_data:
     log:
         f"{OUT}logs/prepare_data/{{dataset}}.log",
     benchmark:
-        f"{OUT}benchmarks/prepare_data/{{dataset}}.tsv"
+        f"{OUT}logs/benchmarks/prepare_data/{{dataset}}.tsv"
     params:
         data_dir=config["data_dir"],
     script:

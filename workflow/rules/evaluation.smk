@@ -16,7 +16,7 @@ for _suffix, _exp in EXPERIMENTS.items():
         log:
             f"{OUT}logs/evaluate/{{dataset}}/{_exp['model']}/{_exp['objective']}/g{{gamma}}_s{{seed}}.log",
         benchmark:
-            f"{OUT}benchmarks/evaluate/{{dataset}}/{_exp['model']}/{_exp['objective']}/g{{gamma}}_s{{seed}}.tsv"
+            f"{OUT}logs/benchmarks/evaluate/{{dataset}}/{_exp['model']}/{_exp['objective']}/g{{gamma}}_s{{seed}}.tsv"
         priority: priority_of("evaluate", _exp)
         params:
             model=_exp["model"],

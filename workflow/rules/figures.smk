@@ -14,7 +14,7 @@ rule plot_pareto:
     log:
         f"{OUT}logs/plot_pareto/{{dataset}}.log",
     benchmark:
-        f"{OUT}benchmarks/plot_pareto/{{dataset}}.tsv"
+        f"{OUT}logs/benchmarks/plot_pareto/{{dataset}}.tsv"
     params:
         eps=config["figures"]["pareto_eps"],
         inversion_eps=config["figures"]["inversion_pareto_eps"],
@@ -37,7 +37,7 @@ rule plot_accuracy_vs_eps:
     log:
         f"{OUT}logs/plot_accuracy_vs_eps/{{dataset}}.log",
     benchmark:
-        f"{OUT}benchmarks/plot_accuracy_vs_eps/{{dataset}}.tsv"
+        f"{OUT}logs/benchmarks/plot_accuracy_vs_eps/{{dataset}}.tsv"
     script:
         "../../scripts/plot_accuracy_vs_eps.py"
 
@@ -57,6 +57,6 @@ rule plot_lipschitz:
     log:
         f"{OUT}logs/plot_lipschitz/{{dataset}}.log",
     benchmark:
-        f"{OUT}benchmarks/plot_lipschitz/{{dataset}}.tsv"
+        f"{OUT}logs/benchmarks/plot_lipschitz/{{dataset}}.tsv"
     script:
         "../../scripts/plot_lipschitz.py"

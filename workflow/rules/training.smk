@@ -14,7 +14,7 @@ for _suffix, _exp in EXPERIMENTS.items():
         log:
             f"{OUT}logs/train/{{dataset}}/{_exp['model']}/{_exp['objective']}/g{{gamma}}_s{{seed}}.log",
         benchmark:
-            f"{OUT}benchmarks/train/{{dataset}}/{_exp['model']}/{_exp['objective']}/g{{gamma}}_s{{seed}}.tsv"
+            f"{OUT}logs/benchmarks/train/{{dataset}}/{_exp['model']}/{_exp['objective']}/g{{gamma}}_s{{seed}}.tsv"
         priority: priority_of("train", _exp)
         params:
             model=_exp["model"],
