@@ -47,6 +47,8 @@ def members(kind, K=3, m=12, n=8, k=4, solver="average"):
         ("nemon-unweighted", "average"),
         ("mlp", "average"),
         ("nemon", "anderson"),
+        ("nemon", "jacobi"),
+        ("nemon-unweighted", "jacobi"),
     ],
 )
 def test_stack_loss_and_gradients_equal_each_member_alone(kind, solver):
@@ -111,7 +113,7 @@ def test_stack_worst_case_logits_equal_each_member_alone(kind):
             torch.testing.assert_close(grads[name][i], gr, rtol=1e-7, atol=1e-9, msg=name)
 
 
-@pytest.mark.parametrize("solver", ["average", "anderson"])
+@pytest.mark.parametrize("solver", ["average", "anderson", "jacobi"])
 def test_members_round_trip_and_solves_stop_per_member(solver):
     models = members("nemon", solver=solver)
     stack = ModelStack(models)

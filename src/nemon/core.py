@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from .errors import ConfigurationError
 from .solvers import AffineStep, MemberSolve, anderson_members, solve_members
 
 
@@ -51,6 +53,47 @@ def step_constants(M: Tensor, T: Tensor, gamma: Tensor) -> tuple[list[float], li
     alpha = [1.0 / (1.0 - a) for a in a_mins]
     rho = [1.0 - (1.0 - max(m, 0.0)) / (1.0 - a) for m, a in zip(mus, a_mins, strict=True)]
     return alpha, rho
+
+
+def jacobi_constants(M: Tensor) -> tuple[list[float], list[float]]:
+    """Per member ``rho_J = max_i sum_{j != i} |m_ij| / (1 - m_ii)`` and ``max_i 1 / (1 - m_ii)``.
+
+    The contraction factor of the nonlinear Jacobi map in ``||.||_eta`` (MATH 17) and the
+    largest scale of a unit (its rounding, MATH 12), one sync. ``diag A = diag M``.
+    """
+    diag = M.diagonal(dim1=-2, dim2=-1)
+    denom = 1.0 - diag
+    _check_jacobi_diagonal(denom)
+    off = M.abs()
+    off.diagonal(dim1=-2, dim2=-1).zero_()
+    rho, scale = torch.stack(
+        ((off.sum(dim=-1) / denom).amax(dim=-1), denom.reciprocal().amax(dim=-1))
+    )
+    return rho.tolist(), scale.tolist()
+
+
+def _check_jacobi_diagonal(denom: Tensor) -> None:
+    if not bool((denom > 0).all()):  # False for NaN too
+        worst = float((1.0 - denom).max())
+        raise ConfigurationError(
+            f"solver='jacobi' solves each unit as x_i = relu(r_i / (1 - a_ii)), which needs "
+            f"every diagonal entry a_ii < 1, but the largest is {worst:.6g}; a NEMON has "
+            "a_ii <= gamma < 1 by construction (MATH 2), so this matrix is not a NEMON's: use "
+            "solver='average' or check the weights"
+        )
+
+
+def jacobi_split(Amat: Tensor) -> tuple[Tensor, Tensor]:
+    """``(A_off, s)``: ``Amat`` with its diagonal set to zero, and ``s = 1 / (1 - diag Amat)``.
+
+    The pieces of the nonlinear Jacobi iteration (MATH 17): the forward map is
+    ``x -> relu(diag(s) (A_off x + z))``, the adjoint ``p -> g + A_off^T (J s p)``.
+    """
+    denom = 1.0 - Amat.diagonal(dim1=-2, dim2=-1)
+    _check_jacobi_diagonal(denom)
+    A_off = Amat.clone()
+    A_off.diagonal(dim1=-2, dim2=-1).zero_()
+    return A_off, denom.reciprocal()
 
 
 def param_grads(
@@ -102,7 +145,12 @@ def unembed_grad(dE: Tensor, A: Tensor) -> Tensor:
 # --- the implicit layer ---------------------------------------------------------------------
 @dataclass
 class SolveRecord:
-    """What one forward or backward solve of a stack did, for the caller's statistics."""
+    """What one forward or backward solve of a stack did, for the caller's statistics.
+
+    ``scale``: per member, the factor the step map multiplies its pre-activation by, for the
+    rounding bound of MATH 12: ``alpha`` for the averaged iteration, ``max_i 1 / (1 - a_ii)``
+    for the Jacobi one (MATH 17).
+    """
 
     solver: str
     members: list[MemberSolve]
@@ -110,6 +158,7 @@ class SolveRecord:
     rho: list[float]
     last_update: Tensor | None = None  # (K, N, n): for the a-posteriori error bound
     x: Tensor | None = None
+    scale: list[float] | None = None
 
 
 @dataclass
@@ -130,13 +179,37 @@ class LayerSpec:
     forward: SolveRecord | None = None
     backward: SolveRecord | None = None
     on_backward: object = field(default=None, repr=False)  # callable(SolveRecord) or None
-    # (A, M, R, alpha, rho, Amat, At) already built from the weights this call passes
+    # the Layer already built from the weights this call passes
     # (:meth:`nemon.model.NEMON.frozen_weights`); None: built here
-    prepared: tuple | None = field(default=None, repr=False)
+    prepared: Layer | None = field(default=None, repr=False)
     # where the solves start (:meth:`nemon.model.NEMON.warm_starts`), per kind and shape, updated
     # by every solve: forward from the last x*, backward from g + the last (w - g); None: cold,
     # forward from zero and backward from g
     warm: dict | None = field(default=None, repr=False)
+
+
+class Layer(NamedTuple):
+    """What the solves of one state of the weights need, built once (MATH 2, 3, 9, 17).
+
+    ``A, M, R`` of MATH 2; ``Amat`` is ``A`` or its embedding (MATH 9). The step maps the
+    solver iterates: the forward ``x -> relu(x fwd_At + inj * scale)`` in row form and the
+    adjoint ``p -> g + (p * J * scale) adj_A``; ``scale`` is None for the averaged iteration
+    (``fwd_At = Amat^T``, ``adj_A = Amat``) and ``1 / (1 - diag Amat)`` for the Jacobi one
+    (``Amat`` with a zero diagonal, rows scaled by ``scale`` in ``fwd_At``). ``alpha``, ``rho``:
+    per member, the averaging step and the contraction factor of the solver's map;
+    ``round_scale``: :attr:`SolveRecord.scale`.
+    """
+
+    A: Tensor
+    M: Tensor
+    R: Tensor | None
+    alpha: list[float]
+    rho: list[float]
+    Amat: Tensor
+    fwd_At: Tensor
+    adj_A: Tensor
+    scale: Tensor | None
+    round_scale: list[float]
 
 
 def _warm_key(kind: str, t: Tensor) -> tuple:
@@ -162,23 +235,28 @@ def _remember(spec: LayerSpec, kind: str, x: Tensor) -> None:
         spec.warm[_warm_key(kind, x)] = x.detach().clone()
 
 
-def prepare_layer(T: Tensor, d: Tensor | None, gamma: Tensor, embedded: bool) -> tuple:
-    """``(A, M, R, alpha, rho, Amat, At)`` of MATH 2-3 (and 9, ``Amat = embed(A)``), no graph.
-
-    ``At``: ``Amat`` transposed, contiguous, the operand of the forward's row-form step.
-    """
+def prepare_layer(
+    T: Tensor, d: Tensor | None, gamma: Tensor, embedded: bool, solver: str = "average"
+) -> Layer:
+    """The :class:`Layer` of MATH 2-3 (9 if ``embedded``, 17 for ``solver="jacobi"``), no graph."""
     with torch.no_grad():
         A, M, R = build_A(T, d, gamma)
-        alpha, rho = step_constants(M, T, gamma)
         Amat = embed(A) if embedded else A
-        return A, M, R, alpha, rho, Amat, Amat.transpose(1, 2).contiguous()
+        if solver == "jacobi":
+            rho, round_scale = jacobi_constants(M)
+            A_off, scale = jacobi_split(Amat)
+            fwd_At = (A_off * scale[:, :, None]).transpose(1, 2).contiguous()
+            return Layer(A, M, R, [1.0] * len(rho), rho, Amat, fwd_At, A_off, scale, round_scale)
+        alpha, rho = step_constants(M, T, gamma)
+        if solver == "picard":
+            alpha, rho = [1.0] * len(alpha), [math.inf] * len(rho)
+        At = Amat.transpose(1, 2).contiguous()
+        return Layer(A, M, R, alpha, rho, Amat, At, Amat, None, alpha)
 
 
 def _solve(spec: LayerSpec, make_F, x0: Tensor, alpha, rho) -> tuple[Tensor, SolveRecord]:
     if spec.solver == "anderson":
         return _solve_anderson(spec, make_F, x0, alpha, rho)
-    if spec.solver == "picard":
-        alpha, rho = [1.0] * len(alpha), [math.inf] * len(rho)
     x, recs, last = solve_members(
         make_F, x0, alpha=alpha, rho=rho, tol=spec.tol, max_iter=spec.max_iter, stop=spec.stop
     )
@@ -198,10 +276,7 @@ def _solve_anderson(spec: LayerSpec, make_F, x0: Tensor, alpha, rho) -> tuple[Te
     return out, SolveRecord("anderson", recs, alpha, rho, step if spec.keep_last_update else None)
 
 
-def _forward_factory(Amat: Tensor, inj: Tensor, At: Tensor | None = None):
-    if At is None:
-        At = Amat.transpose(1, 2).contiguous()
-
+def _forward_factory(At: Tensor, inj: Tensor):
     def make_F(members: Tensor | None) -> AffineStep:
         if members is None:
             return AffineStep(inj, At)
@@ -220,6 +295,33 @@ def _adjoint_factory(Amat: Tensor, g: Tensor, J: Tensor):
     return make_F
 
 
+def scaled_injection(layer: Layer, inj: Tensor) -> Tensor:
+    """The injection as the solver's forward map takes it: ``inj``, or ``inj * s`` (MATH 17)."""
+    return inj if layer.scale is None else inj * layer.scale[:, None, :]
+
+
+def forward_solve(spec: LayerSpec, layer: Layer, inj: Tensor, x0: Tensor):
+    """``x* = relu(Amat x* + inj)`` per member by the spec's solver; ``(x, record)``."""
+    make_F = _forward_factory(layer.fwd_At, scaled_injection(layer, inj))
+    x, rec = _solve(spec, make_F, x0, layer.alpha, layer.rho)
+    rec.scale = layer.round_scale
+    return x, rec
+
+
+def adjoint_solve(spec: LayerSpec, layer: Layer, g: Tensor, J: Tensor, w0: Tensor):
+    """The adjoint of MATH 4, ``w = g + Amat^T J w``, by the spec's solver: ``(v, w, record)``.
+
+    ``v = J w`` is what the gradients need. With the Jacobi solver the iterate is
+    ``p = g + A_off^T v`` (MATH 17): then ``v = J s p``, and ``w = p`` on inactive units.
+    """
+    if layer.scale is None:
+        w, rec = _solve(spec, _adjoint_factory(layer.adj_A, g, J), w0, layer.alpha, layer.rho)
+        return w.mul(J), w, rec
+    js = J * layer.scale[:, None, :]
+    p, rec = _solve(spec, _adjoint_factory(layer.adj_A, g, js), w0, layer.alpha, layer.rho)
+    return p.mul(js), p, rec
+
+
 class ImplicitLayer(torch.autograd.Function):
     """``x* = relu(A x* + inj)`` per member, with the implicit backward of MATH 4.
 
@@ -233,24 +335,25 @@ class ImplicitLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, T: Tensor, d: Tensor | None, inj: Tensor, spec: LayerSpec) -> Tensor:  # type: ignore[override]
-        prepared = spec.prepared
-        if prepared is None:
-            prepared = prepare_layer(T, d if spec.weighted else None, spec.gamma, spec.embedded)
-        A, _, R, alpha, rho, Amat, At = prepared
+        layer = spec.prepared
+        if layer is None:
+            layer = prepare_layer(
+                T, d if spec.weighted else None, spec.gamma, spec.embedded, spec.solver
+            )
         with torch.no_grad():
-            make_F = _forward_factory(Amat, inj, At)
             x0 = _start(spec, "forward", inj, torch.zeros_like(inj))
-            x, rec = _solve(spec, make_F, x0, alpha, rho)
+            x, rec = forward_solve(spec, layer, inj, x0)
             _remember(spec, "forward", x)
             rec.x = x
         spec.forward = rec
         if not (spec.grad_enabled and any(ctx.needs_input_grad[:3])):
             return x  # no backward will come (under no_grad, or nothing requires a gradient)
         with torch.no_grad():
-            mask = torch.baddbmm(inj, x, Amat.transpose(1, 2)) > 0  # J = diag(Phi'(z*))
+            mask = torch.baddbmm(inj, x, layer.Amat.transpose(1, 2)) > 0  # J = diag(Phi'(z*))
         ctx.spec = spec
-        ctx.constants = (alpha, rho)
-        ctx.save_for_backward(T, A, x, mask, R if R is not None else torch.empty(0))
+        ctx.layer = layer
+        R = layer.R
+        ctx.save_for_backward(T, layer.A, x, mask, R if R is not None else torch.empty(0))
         return x
 
     @staticmethod
@@ -258,20 +361,17 @@ class ImplicitLayer(torch.autograd.Function):
         T, A, x, mask, R = ctx.saved_tensors
         spec: LayerSpec = ctx.spec
         R = R if R.numel() else None
-        Amat = embed(A) if spec.embedded else A
         J = mask.to(gx.dtype)
         g = gx.contiguous()
-        alpha, rho = ctx.constants
         # warm: g plus the last solution's A^T J w (= w - g), which moves less than w does
         shift = _start(spec, "backward", g, None)
         w0 = g.clone() if shift is None else g + shift
-        w, rec = _solve(spec, _adjoint_factory(Amat, g, J), w0, alpha, rho)
+        v, w, rec = adjoint_solve(spec, ctx.layer, g, J, w0)
         if spec.warm is not None:  # the cold path does no extra work
             _remember(spec, "backward", w - g)
         spec.backward = rec
         if callable(spec.on_backward):
             spec.on_backward(rec)
-        v = w.mul_(J)
         dT = dd = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             dAmat = torch.bmm(v.transpose(1, 2), x)

@@ -122,9 +122,11 @@ class NEMON(nn.Module):
     ``d`` is a zero buffer and the norm is the plain l_inf norm (MATH 13: both
     parametrisations describe the same functions).
 
-    ``solver`` is ``"average"`` (MATH 3, the default), ``"anderson"`` or
-    ``"picard"``; ``stop`` is ``"step"`` (relative step <= ``tol``, the paper's
-    rule) or ``"bound"`` (relative a-posteriori error bound <= ``tol``, MATH 12).
+    ``solver`` is ``"average"`` (the averaged iteration at ``alpha*``, MATH 3, the
+    paper's), ``"jacobi"`` (every unit solved exactly given the others, MATH 17: the
+    same fixed point in far fewer iterations), ``"anderson"`` or ``"picard"``;
+    ``stop`` is ``"step"`` (relative step <= ``tol``, the paper's rule) or
+    ``"bound"`` (relative a-posteriori error bound <= ``tol``, MATH 12).
     A solve that reaches ``max_iter`` first warns once per model
     (:class:`NonConvergenceWarning`), or raises :class:`ConvergenceError` when
     ``strict=True``.
@@ -418,9 +420,9 @@ class NEMON(nn.Module):
                 f"{stats.iterations} iterations with relative step {stats.residual:.3g} above "
                 f"tol={self.tol:g} (alpha={stats.alpha:.3g}, rho={stats.rho:.4g}); raise max_iter"
                 + (
-                    ", loosen tol, or use solver='average' (guaranteed to converge)"
-                    if self.solver != "average"
-                    else " or loosen tol (the averaged iteration converges, at rate rho)"
+                    ", loosen tol, or use solver='jacobi' (guaranteed to converge)"
+                    if self.solver not in ("average", "jacobi")
+                    else f" or loosen tol ({self.solver} converges, at rate rho)"
                 )
             )
             if self.strict:
@@ -456,7 +458,11 @@ class NEMON(nn.Module):
     def _rounding(
         self, x: Tensor, inj: Tensor, u_n: Tensor, last: Tensor, alpha: float, constants: tuple
     ) -> Tensor:
-        """Per-sample bound on one step's rounding error in ``||.||_eta`` (MATH 12)."""
+        """Per-sample bound on one step's rounding error in ``||.||_eta`` (MATH 12).
+
+        ``alpha``: the factor the step multiplies its pre-activation by, the averaging step
+        or the Jacobi iteration's largest ``1 / (1 - a_ii)`` (MATH 17).
+        """
         dt = x.dtype
         n, m = self.hidden_features, self.in_features
         eta, beta, bbar, mean_over_std, mat = constants
@@ -473,10 +479,18 @@ class NEMON(nn.Module):
         """``max_i sum_j |t_ij|``."""
         return float(self.T.detach().abs().sum(dim=1).max())
 
-    def _rho_safe(self, rho: float, dtype: torch.dtype, t_abs: float) -> float:
-        """``rho`` inflated by the rounding of ``alpha*`` and ``mu`` (MATH 12)."""
+    def _rho_safe(self, rho: float, dtype: torch.dtype, t_abs: float, scale: float) -> float:
+        """The solver's contraction factor inflated by the rounding of its constants (MATH 12).
+
+        Averaged iteration: ``rho`` plus the rounding of ``alpha*`` and ``mu``. Jacobi
+        (MATH 17): ``rho_J`` plus that slack on every row sum, times its largest scale
+        ``scale = max_i 1 / (1 - a_ii)``, and the rounding of its own sums and quotients.
+        """
         slack = 2 * core.gamma_k(self.hidden_features + 2, dtype)
         slack *= t_abs + abs(self.gamma) + 1.0
+        if self.solver == "jacobi":
+            g = core.gamma_k(self.hidden_features + 8, dtype)
+            return min((rho + slack * scale) * (1.0 + g), 1.0)
         return min(rho + slack, 1.0)
 
     # --- what depends on the weights alone ---------------------------------------------
@@ -565,6 +579,7 @@ class NEMON(nn.Module):
         key = (
             self.gamma,
             self.weighted,
+            self.solver,
             *((t.data_ptr(), t._version, t.dtype, t.device) for t in self._solve_weights()),
         )
         frozen = state.get("_frozen")
@@ -597,14 +612,15 @@ class NEMON(nn.Module):
             bounds = None
         elif rec.rho[0] < 1 and rec.last_update is not None:
             t_abs = frozen.t_abs if frozen is not None else self._t_abs()
-            rho = self._rho_safe(rec.rho[0], x.dtype, t_abs)
+            scale = rec.scale[0]
+            rho = self._rho_safe(rec.rho[0], x.dtype, t_abs, scale)
             xd, last = x.detach(), rec.last_update[0]
             constants = frozen.rounding if frozen is not None else self._rounding_constants()
             if embedded:
                 inj_n = self._pair_abs(inj).detach()
-                bounds = self._pair_bound(xd, last, inj_n, u_n, rec.alpha[0], rho, constants)
+                bounds = self._pair_bound(xd, last, inj_n, u_n, scale, rho, constants)
             else:
-                e = self._rounding(xd, inj.detach(), u_n, last, rec.alpha[0], constants)
+                e = self._rounding(xd, inj.detach(), u_n, last, scale, constants)
                 bounds = core.per_sample_bound(rho, last, constants[0], e)
         else:
             bounds = torch.full((x.shape[0],), math.inf, dtype=x.dtype, device=x.device)
@@ -700,10 +716,10 @@ class NEMON(nn.Module):
         ``solver="average"`` and solves to the stop rule otherwise.
         """
         check_positive_int("every", every)
-        if self.solver != "average":
+        if self.solver not in SETTLING_SOLVERS:
             raise ConfigurationError(
-                f"settle_boxes runs the averaged iteration, but this model's solver is "
-                f"{self.solver!r}; use nemon.robustness.interval_bounds"
+                f"settle_boxes runs the averaged or the Jacobi iteration, but this model's "
+                f"solver is {self.solver!r}; use nemon.robustness.interval_bounds"
             )
         if lo.shape != hi.shape:
             raise ValueError(
@@ -716,17 +732,19 @@ class NEMON(nn.Module):
         if frozen is None:
             self._check_weights("T", "d", "B", "b")
             d = self.d[None] if self.weighted else None
-            layer = core.prepare_layer(self.T[None], d, self._gamma_t(), True)
+            layer = core.prepare_layer(self.T[None], d, self._gamma_t(), True, self.solver)
             rounding, t_abs = self._rounding_constants(), self._t_abs()
         else:
             layer, rounding, t_abs = frozen.layer(True), frozen.rounding, frozen.t_abs
-        alpha, rho, a = layer[3][0], layer[4][0], layer[6][0]
+        alpha, rho, a, scale = layer.alpha[0], layer.rho[0], layer.fwd_At[0], layer.round_scale[0]
+        plain = layer.scale is not None  # Jacobi: x <- relu(x a + inj * s), no averaging
         self._check_precision(lo2.dtype, rho)
         eta = rounding[0]
         factor = stop_factor(self.stop, rho)
-        rho_safe = self._rho_safe(rho, lo2.dtype, t_abs)
+        rho_safe = self._rho_safe(rho, lo2.dtype, t_abs, scale)
         inj, u_abs = self._box_injection(lo2, hi2)
         inj_abs = self._pair_abs(inj)
+        step_inj = inj * layer.scale[0] if plain else inj
         values = torch.zeros(N, dtype=torch.bool, device=dev)
         widening = torch.zeros(N, dtype=lo2.dtype, device=dev)
         rows = torch.arange(N, device=dev)
@@ -735,14 +753,15 @@ class NEMON(nn.Module):
         for k in range(1, self.max_iter + 1):
             if not len(rows):
                 break
-            x_new = torch.lerp(x, torch.addmm(inj, x, a).relu_(), alpha)
+            fx = torch.addmm(step_inj, x, a).relu_()
+            x_new = fx if plain else torch.lerp(x, fx, alpha)
             if k < due and k < self.max_iter:
                 x = x_new
                 continue
             last, x = x_new - x, x_new
             checked, due = k, k + max(every, int(k * SETTLE_GROWTH))
             if rho_safe < 1:
-                delta = self._pair_bound(x, last, inj_abs, u_abs, alpha, rho_safe, rounding)
+                delta = self._pair_bound(x, last, inj_abs, u_abs, scale, rho_safe, rounding)
             else:  # no contraction known: nothing is enclosed
                 delta = torch.full_like(x[:, 0], math.inf)
             w = delta[:, None] / eta
@@ -766,8 +785,8 @@ class NEMON(nn.Module):
                 widening[rows[leave]] = delta[leave]
                 stay = ~leave
                 rows, x = rows[stay], x[stay]
-                inj, inj_abs, u_abs = inj[stay], inj_abs[stay], u_abs[stay]
-        stats = SolverStats("average", checked, residual, unsettled == 0, alpha, rho, math.nan)
+                step_inj, inj_abs, u_abs = step_inj[stay], inj_abs[stay], u_abs[stay]
+        stats = SolverStats(self.solver, checked, residual, unsettled == 0, alpha, rho, math.nan)
         stats.error_bound = float(widening.max()) if N else 0.0
         if unsettled:
             msg = (
@@ -793,6 +812,8 @@ class NEMON(nn.Module):
         self.__dict__.setdefault("_warned", set())
 
 
+# the solvers settle_boxes runs (the others solve to the stop rule: interval_bounds)
+SETTLING_SOLVERS = ("average", "jacobi")
 # settle_boxes checks every `every` iterations, then every SETTLE_GROWTH * k: checks cost about
 # an iteration each, and a box that settles at iteration k waits at most that share longer
 SETTLE_GROWTH = 0.1
@@ -816,17 +837,18 @@ class _FrozenWeights:
     def __init__(self, model: NEMON, key: tuple) -> None:
         model._check_weights("T", "d", "B", "b")
         self.key = key
+        self.solver = model.solver
         self._model_layer = (model.T[None], model.d[None] if model.weighted else None)
         self.gamma = model._gamma_t()
         self._layers: dict[bool, tuple] = {}
         self.rounding = model._rounding_constants()
         self.t_abs = model._t_abs()
 
-    def layer(self, embedded: bool) -> tuple:
-        """``(A, M, R, alpha, rho, Amat, At)`` for :class:`nemon.core.ImplicitLayer`."""
+    def layer(self, embedded: bool) -> core.Layer:
+        """The :class:`nemon.core.Layer` of :class:`nemon.core.ImplicitLayer`."""
         if embedded not in self._layers:
             T, d = self._model_layer
-            self._layers[embedded] = core.prepare_layer(T, d, self.gamma, embedded)
+            self._layers[embedded] = core.prepare_layer(T, d, self.gamma, embedded, self.solver)
         return self._layers[embedded]
 
 

@@ -1,10 +1,13 @@
-"""Fixed-point solvers for ``x = F(x)`` with a known contraction factor (MATH 3, 12).
+"""Fixed-point solvers for ``x = F(x)`` with a known contraction factor (MATH 3, 12, 17).
 
 A solver sees the undamped map ``F`` and the averaging step ``alpha``; it
 iterates ``G(x) = (1 - alpha) x + alpha F(x)``, a contraction with factor
 ``rho`` when ``alpha <= alpha*``. The same solvers serve the forward
 equilibrium ``x = Phi(A x + B u + b)``, the adjoint ``w = g + A^T J w`` of
-MATH 4 and the interval embedding of MATH 9.
+MATH 4 and the interval embedding of MATH 9. The nonlinear Jacobi iteration
+(MATH 17) is this loop at ``alpha = 1`` on another map of the same fixed point,
+``F_J``, which solves every unit exactly given the others; its factor ``rho_J``
+is never above ``rho``, and usually far below it.
 
 Two stopping rules (MATH 12), both on the relative step of the averaged
 update over the whole batch, ``s_k = ||x_{k+1} - x_k|| / ||x_{k+1}||``
@@ -127,8 +130,10 @@ def _iterate(
 ) -> tuple[Tensor, list[MemberSolve], Tensor]:
     K = x0.shape[0]
     w = torch.tensor(alpha, dtype=x0.dtype, device=x0.device)[:, None, None]
+    # alpha = 1 (Jacobi, Picard): x <- F(x), which is what lerp gives at weight 1, bit for bit
+    plain = all(a == 1.0 for a in alpha)
     if K == 1:
-        return _iterate_one(make_F(None), x0, w, alpha[0], factors[0], tol, max_iter)
+        return _iterate_one(make_F(None), x0, w, alpha[0], factors[0], tol, max_iter, plain)
     out = torch.empty_like(x0)
     last = torch.empty_like(x0)
     records: list[MemberSolve | None] = [None] * K
@@ -141,7 +146,7 @@ def _iterate(
     for k in range(1, max_iter + 1):
         fx = F(x)
         steps = torch.linalg.vector_norm(fx - x, dim=(1, 2)).tolist()
-        x_new = torch.lerp(x, fx, w)
+        x_new = fx if plain else torch.lerp(x, fx, w)
         check = []
         for j, m in enumerate(active):
             s = alpha[m] * steps[j]
@@ -180,7 +185,14 @@ def _iterate(
 
 
 def _iterate_one(
-    F: StepMap, x0: Tensor, w: Tensor, alpha: float, factor: float, tol: float, max_iter: int
+    F: StepMap,
+    x0: Tensor,
+    w: Tensor,
+    alpha: float,
+    factor: float,
+    tol: float,
+    max_iter: int,
+    plain: bool = False,
 ) -> tuple[Tensor, list[MemberSolve], Tensor]:
     """:func:`_iterate` for one member: the same tensor operations, less Python.
 
@@ -192,7 +204,9 @@ def _iterate_one(
     if loop is not None:
         # optimisation off: no graph rewriting or fusion that could change the arithmetic
         with torch.jit.optimized_execution(False):
-            x, x_prev, k, res = loop(F.z, F.a, F.j, x0, w, alpha, factor, tol, max_iter, _TINY)
+            x, x_prev, k, res = loop(
+                F.z, F.a, F.j, x0, w, alpha, factor, tol, max_iter, _TINY, plain
+            )
         return x, [MemberSolve(k, res, res * factor <= tol)], x - x_prev
     x = x_prev = x0
     x_up = float(torch.linalg.vector_norm(x0))
@@ -201,7 +215,7 @@ def _iterate_one(
     for k in range(1, max_iter + 1):  # noqa: B007 (k is reported after the loop)
         fx = F(x)
         s = alpha * torch.dist(fx, x).item()  # ||fx - x||, one call (the hot loop)
-        x_prev, x = x, torch.lerp(x, fx, w)
+        x_prev, x = x, (fx if plain else torch.lerp(x, fx, w))
         x_up += s
         if not math.isfinite(s) or s * factor <= tol * x_up or k == max_iter:
             xn = torch.linalg.vector_norm(x).item()
@@ -243,6 +257,7 @@ def _averaged_loop(
     tol: float,
     max_iter: int,
     tiny: float,
+    plain: bool,
 ) -> tuple[Tensor, Tensor, int, float]:
     """The loop of :func:`_iterate_one` on an :class:`AffineStep`, in TorchScript's subset.
 
@@ -264,7 +279,10 @@ def _averaged_loop(
             fx = torch.baddbmm(z, x * j, a)
         s = alpha * float(torch.dist(fx, x))
         x_prev = x
-        x = torch.lerp(x, fx, w)
+        if plain:
+            x = fx
+        else:
+            x = torch.lerp(x, fx, w)
         x_up += s
         if not math.isfinite(s) or s * factor <= tol * x_up or k == max_iter:
             xn = float(torch.linalg.vector_norm(x))
@@ -387,6 +405,24 @@ def picard(F: StepMap, x0: Tensor, *, alpha: float, rho: float, **kw) -> tuple[T
             "can never be met; use stop='step' or solver='average'"
         )
     return averaged_iteration(F, x0, alpha=1.0, rho=math.inf, name="picard", **kw)
+
+
+def jacobi(
+    F: StepMap, x0: Tensor, *, alpha: float = 1.0, rho: float, **kw
+) -> tuple[Tensor, SolverStats]:
+    """The nonlinear Jacobi iteration ``x_{k+1} = F_J(x_k)`` on one system ``(N, n)`` (MATH 17).
+
+    ``F`` must be the Jacobi map ``x -> relu(diag(s) (A_off x + z))``, ``s = 1 / (1 - diag A)``,
+    which solves every unit exactly given the others (:func:`nemon.core.jacobi_split` builds
+    its pieces); ``rho`` its contraction factor ``rho_J`` (:func:`nemon.core.jacobi_constants`).
+    No averaging: ``alpha`` must be 1. The stopping rules and the error bound are those of
+    MATH 3 and 12 with ``rho_J`` in place of ``rho``.
+    """
+    if alpha != 1.0:
+        raise ConfigurationError(
+            f"the Jacobi iteration takes no averaging step (alpha = 1), got alpha={alpha!r}"
+        )
+    return averaged_iteration(F, x0, alpha=1.0, rho=rho, name="jacobi", **kw)
 
 
 def anderson(
@@ -620,6 +656,7 @@ def _anderson(
 
 SOLVERS: dict[str, Callable[..., tuple[Tensor, SolverStats]]] = {
     "average": averaged_iteration,
+    "jacobi": jacobi,
     "anderson": anderson,
     "picard": picard,
 }

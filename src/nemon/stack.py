@@ -42,12 +42,12 @@ def _forward(stack: ModelStack, flat: Tensor, u_n: Tensor):
     A = R = constants = None
     if stack.implicit:
         spec = stack._spec(embedded=False)
-        A, M, R = core.build_A(p["T"], p.get("d"), stack.gamma)
-        alpha, rho = core.step_constants(M, p["T"], stack.gamma)
-        x, rec = core._solve(spec, core._forward_factory(A, inj), torch.zeros_like(inj), alpha, rho)
+        layer = core.prepare_layer(p["T"], p.get("d"), stack.gamma, False, stack.solver)
+        A, R = layer.A, layer.R
+        x, rec = core.forward_solve(spec, layer, inj, torch.zeros_like(inj))
         mask = torch.baddbmm(inj, x, A.transpose(1, 2)) > 0
         stack.last_forward = rec
-        constants = (spec, alpha, rho)
+        constants = (spec, layer)
     else:
         x = torch.relu(inj)
         mask = inj > 0
@@ -63,10 +63,9 @@ def _backward(stack: ModelStack, flat, u_n, x, mask, A, R, constants, gy: Tensor
     gx = torch.bmm(gy, p["C"])  # dL/dx*
     J = mask.to(gx.dtype)
     if stack.implicit:
-        spec, alpha, rho = constants
-        w, rec = core._solve(spec, core._adjoint_factory(A, gx, J), gx.clone(), alpha, rho)
+        spec, layer = constants
+        v, _, rec = core.adjoint_solve(spec, layer, gx, J, gx.clone())
         stack.last_backward = rec
-        v = w.mul_(J)
         dA = torch.bmm(v.transpose(1, 2), x)
         g["T"], dd = core.param_grads(dA, p["T"], A, R, "d" in stack.layout)
         if dd is not None:
