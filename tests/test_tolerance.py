@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import nemon
-from nemon.bench.datasets import load_bench_data
+from benchmarks.datasets import load_bench_data
 from nemon.training import train
 
 RULES = [("step", 1e-2), ("bound", 1e-3)]

@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import pickle
 
-import pandas as pd
 import pytest
 import torch
 from _attack_helpers import CLASSES, ForwardSpy, M, sensitive_model, small_attack, toy_data
@@ -22,10 +21,9 @@ from hypothesis import strategies as st
 
 import nemon
 from nemon import attacks
-from nemon.bench import attacks as bench_attacks
 from nemon.config import validate_config
 from nemon.errors import ConfigurationError
-from nemon.evaluation import AttackSettings, EvalSettings, evaluate_model
+from nemon.evaluation import AttackSettings, EvalSettings, evaluate_model, run_attack
 
 
 def solve(model, u):
@@ -204,61 +202,26 @@ def test_the_config_key_is_validated_defaults_to_cold_and_reaches_the_attacks(mo
     assert seen == [True, True] and record["settings"]["warm_start"] is True
 
 
-# --- python -m nemon.bench.attacks ----------------------------------------------------------
-def test_bench_attacks_compares_cold_and_warm_on_the_evaluation_settings():
+# --- the attack's tolerance -----------------------------------------------------------------
+def test_a_looser_attack_tol_stops_the_attacks_solves_earlier_and_keeps_the_judge():
     model = sensitive_model(8, gamma=0.9, tol=1e-6)
-    X, Y = toy_data(40, seed=3)
-    s = EvalSettings(
-        tol=1e-9,
-        attack_tol=1e-6,
-        pgd=AttackSettings(eps=(0.05, 0.1), images=20, steps=6, restarts=2),
-        autoattack=AttackSettings(eps=(0.1,), images=8, steps=3, queries=40),
-    )
-    record = {"settings": dataclasses.asdict(s)}
-    assert bench_attacks.settings_of(record) == s  # what evaluation.json records, read back
-    rows = bench_attacks.measure(model, X, Y, s, rounds=2)
-    assert [r["attack"] for r in rows] == ["pgd", "autoattack"]
-    for r in rows:
-        assert r["fast_fwd_it"] < r["cold_fwd_it"]
-        assert r["speedup"] == pytest.approx(r["cold_s"] / r["fast_s"])
-        assert 0 <= r["only_cold_broke"] <= r["differ"] <= r["images"] * len(r["eps"].split())
-    pgd_row = rows[0]
-    # the cold run is the evaluation's: it reproduces a robustness table made from it
-    committed = pd.DataFrame(
-        [
-            {"attack": "pgd", "eps": float(e), "accuracy": float(a)}
-            for e, a in zip(pgd_row["eps"].split(), pgd_row["cold_acc"].split(), strict=True)
-        ]
-    )
-    bench_attacks.check_committed(rows[:1], committed, "here")
-    committed.loc[0, "accuracy"] += 0.05  # one image of 20 more
-    with pytest.raises(RuntimeError, match="does not reproduce the committed run"):
-        bench_attacks.check_committed(rows[:1], committed, "here")
-
-
-def test_bench_attacks_looser_attack_tol_fewer_iterations_same_judge():
-    model = sensitive_model(8, gamma=0.9, tol=1e-6)
-    X, Y = toy_data(40, seed=3)
+    X, Y = toy_data(20, seed=3)
     s = EvalSettings(
         tol=1e-9,
         attack_tol=1e-7,
         pgd=AttackSettings(eps=(0.1,), images=20, steps=4, restarts=1),
         autoattack=AttackSettings(eps=(), images=8),
     )
-    (row,) = bench_attacks.measure(model, X, Y, s, warm=False, attack_tol=1e-2)
-    # cold both ways: only the attack's tolerance differs, and it stops its solves earlier
-    assert row["fast_fwd_it"] < row["cold_fwd_it"] and row["fast_bwd_it"] < row["cold_bwd_it"]
-    (same,) = bench_attacks.measure(model, X, Y, s, warm=False, attack_tol=1e-7)
-    assert same["differ"] == 0 and same["fast_fwd_it"] == same["cold_fwd_it"]
-    with pytest.raises(ConfigurationError, match="nothing to compare"):
-        bench_attacks.measure(model, X, Y, s, warm=False)
-    with pytest.raises(ConfigurationError, match="attack_tol must be positive"):
-        bench_attacks.measure(model, X, Y, s, attack_tol=0.0)
-
-
-def test_bench_attacks_refuses_a_folder_without_an_evaluation(tmp_path):
-    (tmp_path / "metrics.json").write_text("{}")
-    with pytest.raises(ConfigurationError, match="evaluation.json missing"):
-        bench_attacks.main([str(tmp_path)])
-    with pytest.raises(ConfigurationError, match="--rounds must be at least 1"):
-        bench_attacks.main([str(tmp_path), "--rounds", "0"])
+    tight = run_attack(model, "pgd", X, Y, 0.1, s)
+    loose = run_attack(model, "pgd", X, Y, 0.1, dataclasses.replace(s, attack_tol=1e-2))
+    assert (tight.tol, loose.tol) == (1e-7, 1e-2) and tight.eval_tol == loose.eval_tol == 1e-9
+    for kind in ("forward", "backward"):  # mean iterations per solve of the attack
+        per = [
+            getattr(r.attack_solves, f"{kind}_iterations")
+            / getattr(r.attack_solves, f"{kind}_solves")
+            for r in (tight, loose)
+        ]
+        assert per[1] < per[0], (kind, per)
+    again = run_attack(model, "pgd", X, Y, 0.1, s)  # the same settings: the same outcomes
+    assert torch.equal(again.robust, tight.robust)
+    assert again.attack_solves.forward_iterations == tight.attack_solves.forward_iterations

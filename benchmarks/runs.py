@@ -3,9 +3,9 @@
 nemon rows run the workflow's own loop, :func:`nemon.training.train_stack`, on a
 :class:`~nemon.stack.ModelStack` built as ``scripts/train.py`` builds it (every
 member from the same seed, ``lam`` per member); torchdeq rows run
-:func:`~nemon.bench.torchdeq_adapter.train_epoch` on the same initial weights
+:func:`~benchmarks.torchdeq_adapter.train_epoch` on the same initial weights
 and data order. :func:`run_isolated` runs a configuration in a fresh
-``python -m nemon.bench --one CONFIG`` process, so its peak RSS is its own.
+``python -m benchmarks --one CONFIG`` process, so its peak RSS is its own.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ import json
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ..errors import NonConvergenceWarning
-from ..model import NEMON
-from ..stack import ModelStack
-from ..training import (
+from nemon.errors import NonConvergenceWarning
+from nemon.model import NEMON
+from nemon.stack import ModelStack
+from nemon.training import (
     Objective,
     Schedule,
     TrainResult,
@@ -33,6 +34,7 @@ from ..training import (
     to_pixels,
     train_stack,
 )
+
 from . import torchdeq_adapter as deq
 from .config import BATCH_SIZE, HIDDEN, IN_FEATURES, LR, OUT_FEATURES, RunConfig, stop_name
 from .datasets import BenchData, load_bench_data
@@ -48,6 +50,7 @@ from .timing import (
 )
 
 RESULT_TAG = "NEMON_BENCH_RESULT "
+ROOT = Path(__file__).resolve().parents[1]  # the repository, where python -m benchmarks resolves
 
 
 def build_members(cfg: RunConfig, mean: float, std: float, device: torch.device) -> list[NEMON]:
@@ -200,18 +203,18 @@ def run_config(cfg: RunConfig, data: BenchData | None = None) -> dict:
 
 
 def child_command(cfg: RunConfig) -> list[str]:
-    return [sys.executable, "-m", "nemon.bench", "--one", cfg.to_json()]
+    return [sys.executable, "-m", "benchmarks", "--one", cfg.to_json()]
 
 
 def run_isolated(cfg: RunConfig) -> dict:
-    """:func:`run_config` in a fresh ``python -m nemon.bench --one`` process (own peak RSS)."""
+    """:func:`run_config` in a fresh ``python -m benchmarks --one`` process (own peak RSS)."""
     cmd = child_command(cfg)
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False, cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(
             f"benchmark run {cfg.label()} failed (exit code {proc.returncode}); its error is "
-            f"printed above; rerun it alone with: {' '.join(cmd[:4])} '{cmd[4]}'"
+            f"printed above; rerun it alone from {ROOT} with: {' '.join(cmd[:4])} '{cmd[4]}'"
         )
     return json.loads(lines[-1][len(RESULT_TAG) :])
 

@@ -1,4 +1,4 @@
-"""``python -m nemon.bench``: the command line, the list of configurations, the printed report."""
+"""``python -m benchmarks``: the command line, the list of configurations, the printed report."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ConfigurationError
-from ..solvers import SOLVERS, STOP_RULES
-from ..training import resolve_device
+from nemon.errors import ConfigurationError
+from nemon.solvers import SOLVERS, STOP_RULES
+from nemon.training import resolve_device
+
 from . import report
 from .config import (
     BATCH_SIZE,
@@ -42,7 +43,7 @@ Runner = Callable[[RunConfig], dict]
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m nemon.bench",
+        prog="python -m benchmarks",
         description=(
             f"One training epoch of NEMON({IN_FEATURES}, {HIDDEN}, {OUT_FEATURES}), batch "
             f"{BATCH_SIZE}, Adam lr {LR:g}: nemon's training loop (train_stack) per solver, "
@@ -235,9 +236,9 @@ class BenchReport:
 def run_benchmark(args: argparse.Namespace, runner: Runner = run_isolated) -> BenchReport:
     """Check the arguments, run every configuration with ``runner``, build the report.
 
-    ``runner`` is :func:`~nemon.bench.runs.run_isolated` (a fresh process per
+    ``runner`` is :func:`~benchmarks.runs.run_isolated` (a fresh process per
     configuration, so each peak RSS is its own) unless a caller passes
-    :func:`~nemon.bench.runs.run_config` to stay in this process.
+    :func:`~benchmarks.runs.run_config` to stay in this process.
     """
     check_args(args)
     device = resolve_device(args.device)
@@ -271,7 +272,7 @@ def run_benchmark(args: argparse.Namespace, runner: Runner = run_isolated) -> Be
     version = torchdeq_version() if with_torchdeq else None
     deq = f"torchdeq {version}" if with_torchdeq else "torchdeq not run"
     header = [
-        f"nemon.bench: one epoch of NEMON({IN_FEATURES}, {HIDDEN}, {OUT_FEATURES}, "
+        f"python -m benchmarks: one epoch of NEMON({IN_FEATURES}, {HIDDEN}, {OUT_FEATURES}, "
         f"gamma={args.gamma:g}), batch {BATCH_SIZE}, Adam lr {LR:g}, max_iter {args.max_iter}, "
         f"seed {args.seed}; nemon rows run nemon.training.train_stack",
         f"data: {rows[0]['data']}; {args.samples} training samples, {args.test_samples} test "

@@ -1,6 +1,6 @@
 """The flop floor of a trained grid (MATH 8), from its committed ``metrics.json`` files.
 
-``python -m nemon.bench.floor results/fashion-mnist`` asks what the grid's training could
+``python -m benchmarks.floor results/fashion-mnist`` asks what the grid's training could
 cost at best: for every model trained with the Lipschitz objective (NEMON, weighted or
 not, and the MLP), the flops of MATH 8 per sample, ``2 n^2 (k_fwd + k_bwd) + 4 n m``,
 epoch by epoch with that epoch's mean iteration counts, times the training samples;
@@ -21,7 +21,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..errors import ConfigurationError, exit_from
+from nemon.errors import ConfigurationError, exit_from
+
 from .config import HIDDEN, IN_FEATURES
 from .timing import flops_per_sample, matmul_gflops
 
@@ -120,7 +121,7 @@ def summarise(jobs: pd.DataFrame, gflops: float, cores: int) -> tuple[pd.DataFra
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m nemon.bench.floor",
+        prog="python -m benchmarks.floor",
         description=(
             "The flop floor (MATH 8) of a trained grid's Lipschitz-objective models, from "
             "their metrics.json, at the matrix-multiply rate measured now, beside the "

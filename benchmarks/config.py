@@ -13,8 +13,8 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 
-from ..errors import ConfigurationError
-from ..solvers import SOLVERS, STOP_RULES
+from nemon.errors import ConfigurationError
+from nemon.solvers import SOLVERS, STOP_RULES
 
 IN_FEATURES, HIDDEN, OUT_FEATURES = 784, 100, 10
 BATCH_SIZE, LR = 100, 1e-3

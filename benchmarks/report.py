@@ -1,8 +1,7 @@
 """The table, the flop floor (MATH 8) and the measured ratios, from the rows of one run.
 
 No targets live here: the lines state the measured speed-up over torchdeq's best
-configuration at equal accuracy and the fraction of the flop floor; the README
-states what they are compared against.
+configuration at equal accuracy and the fraction of the flop floor.
 """
 
 from __future__ import annotations
@@ -176,8 +175,10 @@ def _cell(row: dict, key: str, fmt: str) -> str:
     return fmt.format(val)
 
 
-def grid(head: list[str], body: list[list[str]], markdown: bool = False) -> str:
-    """Cells as a Markdown table (the README's format) or as right-aligned plain text."""
+def format_table(rows: list[dict], markdown: bool = False) -> str:
+    """One line per row; Markdown (``--markdown``) or right-aligned plain text."""
+    head = [h for _, h, _ in COLUMNS]
+    body = [[_cell(r, k, f) for k, _, f in COLUMNS] for r in rows]
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         lines += ["| " + " | ".join(b) + " |" for b in body]
@@ -188,10 +189,3 @@ def grid(head: list[str], body: list[list[str]], markdown: bool = False) -> str:
         return "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
 
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
-
-
-def format_table(rows: list[dict], markdown: bool = False) -> str:
-    """One line per row; Markdown (the README's format) or aligned plain text."""
-    head = [h for _, h, _ in COLUMNS]
-    body = [[_cell(r, k, f) for k, _, f in COLUMNS] for r in rows]
-    return grid(head, body, markdown)

@@ -1,4 +1,4 @@
-"""``python -m nemon.bench``: see :mod:`nemon.bench`."""
+"""``python -m benchmarks``: see :mod:`benchmarks`."""
 
 from .cli import main
 

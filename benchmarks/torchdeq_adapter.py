@@ -37,8 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..errors import ConfigurationError, NonFiniteError
-from ..model import NEMON
+from nemon.errors import ConfigurationError, NonFiniteError
+from nemon.model import NEMON
+
 from .config import LAYOUTS, TORCHDEQ_SOLVERS
 
 MISSING_TORCHDEQ = "torchdeq is not installed (pip install -e .[bench]): running nemon rows only"

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import data as data_mod
-from ..errors import ConfigurationError
+from nemon import data as data_mod
+from nemon.errors import ConfigurationError
+
 from .config import DATA_CHOICES, IN_FEATURES
 
 
