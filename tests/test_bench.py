@@ -546,3 +546,64 @@ def test_grid_floor_refuses_what_it_cannot_count(tmp_path):
     )
     with pytest.raises(SystemExit, match="--cores"):
         floor.main([str(tmp_path), "--cores", "0"])
+
+
+def _model_files(tmp_path, n=2):
+    """Tiny trained-like NEMONs written as the workflow writes them (model.pt, metrics.json)."""
+    from nemon.contracts import save_model
+
+    paths = []
+    for i, gamma in enumerate([0.0, 0.9][:n]):
+        model = make_model(seed=i, m=784, n=16, k=10, gamma=gamma, scale=3.0).float()
+        folder = tmp_path / "results" / "mnist-5k" / "models" / "nemon" / "lipschitz" / f"g{i}"
+        folder.mkdir(parents=True)
+        sha = save_model(model, folder / "model.pt")
+        (folder / "metrics.json").write_text(
+            json.dumps({"dataset": "mnist-5k", "model_sha256": sha})
+        )
+        paths.append(folder / "model.pt")
+    return paths
+
+
+def test_iteration_benchmark_counts_both_solvers_on_every_model_found(tmp_path, capsys):
+    import pandas as pd
+
+    from benchmarks import iterations
+
+    _model_files(tmp_path)
+    table = tmp_path / "iterations.csv"
+    args = [str(tmp_path / "results"), "--images", "50", "--tol", "1e-3", "1e-6", "--csv"]
+    iterations.main([*args, str(table)])
+    assert "ratio of iterations" in capsys.readouterr().out
+    df = pd.read_csv(table)
+    assert len(df) == 4 and set(df["tol"]) == {1e-3, 1e-6}  # two models, two tolerances
+    # Jacobi is never slower in iterations, and both reach the tolerance's accuracy
+    assert (df["jacobi_fwd"] <= df["average_fwd"]).all()
+    assert (df["jacobi_bwd"] <= df["average_bwd"]).all()
+    assert (df["rho_J"] <= df["rho"] + 1e-12).all()
+    tight = df[df["tol"] == 1e-6]
+    assert (tight[["average_fwd_err", "jacobi_fwd_err"]] < 1e-3).all().all()
+
+
+def test_iteration_benchmark_without_models_says_what_to_do(tmp_path):
+    from benchmarks import iterations
+
+    with pytest.raises(ConfigurationError, match="run snakemake first"):
+        iterations.main([str(tmp_path)])
+
+
+def test_gradient_benchmark_compares_float32_training_gradients_with_float64(tmp_path):
+    import pandas as pd
+
+    from benchmarks import gradients
+
+    _model_files(tmp_path, n=1)
+    table = tmp_path / "gradients.csv"
+    args = [str(tmp_path / "results"), "--batches", "1", "--tol", "1e-2", "1e-4"]
+    gradients.main([*args, "--csv", str(table)])
+    df = pd.read_csv(table).set_index(["solver", "tol"])
+    assert len(df) == 4  # two solvers, two tolerances
+    # a tighter tolerance gives a more accurate gradient, down to float32's floor
+    for solver in ("jacobi", "average"):
+        assert df.loc[(solver, 1e-4), "max_rel_err"] <= df.loc[(solver, 1e-2), "max_rel_err"]
+        assert df.loc[(solver, 1e-4), "max_rel_err"] < 1e-3
