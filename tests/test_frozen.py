@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nemon
-from nemon.attacks import frozen_weights
+from nemon._solves import frozen_weights
 from nemon.errors import NonFiniteError
 
 

@@ -9,6 +9,15 @@ a reviewer asks for. Section numbers in docstrings (``MATH n``) refer to
 
 __version__ = "0.2.0"
 
+from .attacks import inversion_attack  # noqa: E402
+from .certificates import (  # noqa: E402
+    certified_accuracy,
+    certified_mask,
+    certified_radius,
+    interval_bounds,
+    interval_margins,
+    pairwise_lipschitz,
+)
 from .errors import (  # noqa: E402
     ConfigurationError,
     ConvergenceError,
@@ -23,15 +32,6 @@ from .measure import inf_norm, mu_inf  # noqa: E402
 from .mlp import MLP  # noqa: E402
 from .model import NEMON  # noqa: E402
 from .mon import MON  # noqa: E402
-from .robustness import (  # noqa: E402
-    certified_accuracy,
-    certified_mask,
-    certified_radius,
-    interval_bounds,
-    interval_margins,
-    inversion_attack,
-    pairwise_lipschitz,
-)
 from .solvers import SOLVERS, STOP_RULES, SolverStats, get_solver  # noqa: E402
 from .stack import ModelStack  # noqa: E402
 

@@ -1,111 +1,78 @@
-"""Strong attacks and an empirical Lipschitz lower bound for the evaluation stage (MATH 4-7, 11).
+"""Attacks for the evaluation stage: the inversion attack and the strong ones (MATH 4, 7, 11).
 
-The inversion attack of MATH 7 is one fixed direction; the instruments here
-search for the worst case instead:
-
+- :func:`inversion_attack`: the paper's attack (MATH 7), one fixed direction;
 - :func:`pgd`: l_inf PGD with random start and restarts (``torchattacks.PGD``);
-- :func:`autoattack`: AutoAttack (Croce and Hein 2020) through
-  ``torchattacks.AutoAttack``: APGD-CE, APGD-T, FAB-T and the gradient-free
-  Square attack;
-- :func:`lipschitz_lower_bound`: the largest local l_inf -> l_inf gain found
-  by a search over inputs, checked by finite differences; it brackets the
-  true constant from below, the bound of MATH 5 from above.
+- :func:`autoattack`: AutoAttack (Croce and Hein 2020), built from torchattacks' public
+  components: APGD-CE, APGD-T, FAB-T and the gradient-free Square attack.
 
-All of them use the model's exact implicit input gradient (MATH 4) and solve
-every fixed point at the tight tolerance they are given, on the relative step (MATH 12a),
-never at the model's training tolerance or stopping rule. Every solve they cause is counted in a
-:class:`SolveCounts` record, non-converged ones included, so a reader can
-check that an attack was run as reported.
+PGD and AutoAttack search the eps-ball for the worst case with the model's exact implicit
+input gradient (MATH 4), and solve every fixed point at the tight tolerance they are given,
+on the relative step (MATH 12a), never at the model's training tolerance or stopping rule.
+Every solve they cause is counted in a :class:`SolveCounts` record, non-converged ones
+included, so a reader can check that an attack was run as reported.
 
-A model is anything with the protocol of :class:`nemon.NEMON`: ``model(u)``
-takes pixels in ``[0, 1]`` (any shape that flattens to the input size) and
-returns logits, differentiable in ``u``; optionally ``solver_settings(tol=,
-max_iter=, stop=)`` (a context manager), ``tol``, and the :class:`SolverStats`
-records ``last_stats`` / ``last_backward_stats``. A model without them (a
-plain MLP) is treated as having no solver.
+A model is anything with the protocol of :class:`nemon.NEMON` (see :mod:`nemon._solves`):
+``model(u)`` takes pixels in ``[0, 1]`` (any shape that flattens to the input size) and
+returns logits, differentiable in ``u``. A model without a solver (a plain MLP) works too.
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
+import inspect
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-import torchattacks
 from torch import Tensor, nn
 
-from .errors import ConfigurationError, NemonError, NonConvergenceWarning
-from .solvers import SolverStats
+from ._checks import (
+    check_batch,
+    check_eps,
+    check_int,
+    check_label_range,
+    check_labels,
+    check_model,
+    check_pixels,
+    check_positive,
+)
+from ._solves import (
+    Instrumented,
+    SolveCounts,
+    attack_state,
+    device_dtype,
+    error_bounds,
+    solving_at,
+    supports_warm_start,
+    warm_starts,
+)
+from .errors import ConfigurationError, NemonError
+
+# torchattacks is imported where an attack runs, not here: it takes about a second to import,
+# and `import nemon`, which exports inversion_attack, needs none of it
+if TYPE_CHECKING:
+    from torchattacks.attack import Attack
 
 AUTOATTACK_NORMS = ("Linf",)
-# The components torchattacks chains for each version, in order (checked at run time).
-AUTOATTACK_VERSIONS = {
-    "standard": ("APGD", "APGDT", "FAB", "Square"),
-    "plus": ("APGD", "APGD", "FAB", "Square", "APGDT", "FAB"),
-}
 # Allowed distance of an adversarial image outside the eps-ball or [0, 1]: float rounding only.
 BALL_SLACK = 1e-6
-# Finite-difference steps tried by lipschitz_lower_bound, largest first: inside one linear
-# region the network is affine, so the largest step that keeps the pattern is the most exact.
-FD_STEPS = tuple(10.0**-e for e in range(2, 11))
+
+
+def inversion_attack(u: Tensor, eps: float) -> Tensor:
+    """Continuous image inversion ``u + eps (1 - 2u)`` in pixel units (MATH 7).
+
+    ``eps = 0`` is the clean image, ``eps = 1`` the inverted one; for ``u`` in
+    ``[0, 1]`` the perturbation has ``||delta||_inf <= eps``.
+    """
+    eps = check_eps(eps, "inversion_attack")
+    check_pixels(u, "inversion_attack")
+    return u + eps * (1.0 - 2.0 * u)
 
 
 class AttackError(NemonError, RuntimeError):
     """An attack produced an image outside the eps-ball or outside ``[0, 1]``."""
-
-
-# --- records --------------------------------------------------------------------------------
-@dataclass
-class SolveCounts:
-    """The fixed-point solves behind a stage of an attack, read from the model's records.
-
-    ``max_tol`` is the largest ``model.tol`` in force at any solve, ``max_residual``
-    the largest final relative step any solve stopped at; both are NaN when no
-    solve was recorded (a model without a solver).
-    """
-
-    calls: int = 0
-    forward_solves: int = 0
-    backward_solves: int = 0
-    forward_unconverged: int = 0
-    backward_unconverged: int = 0
-    max_tol: float = math.nan
-    max_residual: float = math.nan
-    max_iterations: int = 0
-    forward_iterations: int = 0  # summed over the forward solves
-    backward_iterations: int = 0
-
-    @property
-    def solves(self) -> int:
-        return self.forward_solves + self.backward_solves
-
-    @property
-    def unconverged(self) -> int:
-        return self.forward_unconverged + self.backward_unconverged
-
-    def record(self, stats: SolverStats, tol: float | None, which: str) -> None:
-        if which == "forward":
-            self.forward_solves += 1
-            self.forward_unconverged += not stats.converged
-            self.forward_iterations += int(stats.iterations)
-        else:
-            self.backward_solves += 1
-            self.backward_unconverged += not stats.converged
-            self.backward_iterations += int(stats.iterations)
-        if tol is not None:
-            self.max_tol = _nanmax(self.max_tol, float(tol))
-        self.max_residual = _nanmax(self.max_residual, float(stats.residual))
-        self.max_iterations = max(self.max_iterations, int(stats.iterations))
-
-
-def _nanmax(a: float, b: float) -> float:
-    return b if math.isnan(a) else max(a, b)
 
 
 @dataclass
@@ -196,264 +163,7 @@ class AttackResult:
         return row
 
 
-@dataclass
-class LowerBound:
-    """An empirical lower bound of the l_inf -> l_inf Lipschitz constant of ``u -> y``.
-
-    ``value`` is ``max_k ||grad_u y_k||_1`` at ``point`` (float64), attained by
-    class ``k``. ``fd_pair = (p, q)`` are two inputs in ``[0, 1]`` with
-    ``q - p = fd_h * sign(grad_u y_k)`` and ``fd_ratio = |y_k(q) - y_k(p)| /
-    ||q - p||_inf``: a ratio actually achieved by the network, so a lower bound
-    of its Lipschitz constant up to the solver error ``fd_error`` (NaN where the
-    model gives no error bound). ``agree``: ``fd_ratio`` and ``value`` agree to
-    ``rtol`` relative; ``pattern_checked``: ``p`` and ``q`` were verified to have
-    the activation pattern of ``point``; ``note`` says what went wrong, if anything.
-    """
-
-    value: float
-    point: Tensor
-    k: int
-    fd_ratio: float
-    fd_h: float
-    fd_pair: tuple[Tensor, Tensor]
-    fd_rel_diff: float
-    fd_error: float
-    agree: bool
-    pattern_checked: bool
-    note: str
-    steps: int
-    step_size: float
-    seed: int
-    n_random: int
-    tol: float
-    max_iter: int
-    solves: SolveCounts = field(default_factory=SolveCounts)
-
-
-# --- the instrumented model ------------------------------------------------------------------
-class _BackwardProbe(torch.autograd.Function):
-    """Identity on the input; its backward runs after the model's backward solve."""
-
-    @staticmethod
-    def forward(ctx, u: Tensor, inst: _Instrumented) -> Tensor:  # type: ignore[override]
-        ctx.inst = inst
-        return u.clone()
-
-    @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
-        ctx.inst.note_backward()
-        return g, None
-
-
-class _Instrumented(nn.Module):
-    """What the attack sees: flattens and casts the input, counts every solve of the model.
-
-    torchattacks takes its device from the first parameter of the module it
-    attacks; the empty ``anchor`` makes that the model's device even for a
-    model without parameters.
-    """
-
-    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.anchor = nn.Parameter(torch.empty(0, device=device, dtype=dtype), requires_grad=False)
-        self.model = model
-        self.dtype = dtype
-        self.log = SolveCounts()
-        self._seen_backward = getattr(model, "last_backward_stats", None)
-        # torchattacks puts its module back in training mode after each call when it found it
-        # so; the wrapper alone starts in eval mode (the model's modes are _attack_state's job)
-        self.training = False
-
-    def _tol(self) -> float | None:
-        tol = getattr(self.model, "tol", None)
-        return None if tol is None else float(tol)
-
-    def forward(self, u: Tensor) -> Tensor:
-        # Logits come back in the input's dtype: FAB casts images to float32 and then mixes
-        # logits and gradients in its projection, which fails on float64 logits.
-        in_dtype = u.dtype
-        u = u.reshape(u.shape[0], -1).to(self.dtype)
-        if u.requires_grad:
-            u = _BackwardProbe.apply(u, self)
-        before = getattr(self.model, "last_stats", None)
-        y = self.model(u)
-        self.log.calls += 1
-        after = getattr(self.model, "last_stats", None)
-        if after is not None and after is not before:
-            self.log.record(after, self._tol(), "forward")
-        return y.to(in_dtype)
-
-    def note_backward(self) -> None:
-        stats = getattr(self.model, "last_backward_stats", None)
-        if stats is not None and stats is not self._seen_backward:
-            self._seen_backward = stats
-            self.log.record(stats, self._tol(), "backward")
-
-
-def _device_dtype(model: nn.Module, u: Tensor) -> tuple[torch.device, torch.dtype]:
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        if t.is_floating_point():
-            return t.device, t.dtype
-    return u.device, u.dtype
-
-
-def _rng_devices() -> list[int]:
-    # torch.manual_seed (which torchattacks calls) reseeds every CUDA device too
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return list(range(torch.cuda.device_count()))
-    return []
-
-
-@contextmanager
-def _attack_state(model: nn.Module) -> Iterator[None]:
-    """Eval mode, no parameter gradients, private RNG; everything restored afterwards.
-
-    Parameters stop requiring gradients so that attacks calling ``.backward()``
-    (FAB) leave the model's ``.grad`` alone and no weight gradient is formed.
-    NonConvergenceWarning is silenced here because every solve is counted from
-    its SolverStats instead; the model's once-per-model warning is left unspent.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    needs_grad = [(p, p.requires_grad) for p in model.parameters()]
-    # the record of warnings already given (a flag or a set of keys, mutated in place)
-    warned = copy.copy(model.__dict__.get("_warned"))
-    try:
-        model.eval()
-        for p, _ in needs_grad:
-            p.requires_grad_(False)
-        with warnings.catch_warnings(), frozen_weights(model):
-            warnings.simplefilter("ignore", NonConvergenceWarning)
-            with torch.random.fork_rng(devices=_rng_devices()):
-                yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in needs_grad:
-            p.requires_grad_(flag)
-        if warned is not None:
-            model.__dict__["_warned"] = warned
-
-
-def frozen_weights(model: nn.Module) -> AbstractContextManager:
-    """The model's ``frozen_weights()`` where it has one (NEMON): weight-only work done once."""
-    frozen = getattr(model, "frozen_weights", None)
-    return frozen() if frozen is not None else nullcontext()
-
-
-def warm_starts(model: nn.Module, enabled: bool = True) -> AbstractContextManager:
-    """The model's ``warm_starts(enabled)`` where it has one (NEMON), else nothing."""
-    warm = getattr(model, "warm_starts", None)
-    return warm(enabled) if warm is not None else nullcontext()
-
-
-def error_bounds(model: nn.Module, enabled: bool = True) -> AbstractContextManager:
-    """The model's ``error_bounds(enabled)`` where it has one (NEMON), else nothing."""
-    bounds = getattr(model, "error_bounds", None)
-    return bounds(enabled) if bounds is not None else nullcontext()
-
-
-def _supports_warm_start(model: nn.Module) -> bool:
-    return callable(getattr(model, "warm_starts", None))
-
-
-@contextmanager
-def _solving_at(model: nn.Module, tol: float, max_iter: int) -> Iterator[None]:
-    """Solve at ``tol`` on the relative step (MATH 12a), whatever rule the model trained with.
-
-    The error-bound rule asks for steps of ``tol (1 - rho) / rho``: at ``rho`` near 1 and a
-    tight ``tol`` that is below what float32 resolves, and the solve stalls at ``max_iter``.
-    """
-    settings = getattr(model, "solver_settings", None)
-    if settings is None:  # no solver: nothing to set
-        yield
-        return
-    with settings(tol=tol, max_iter=max_iter, stop="step"):
-        yield
-
-
-# --- argument checks --------------------------------------------------------------------------
-def _check_eps(eps: float, where: str) -> float:
-    try:
-        value = float(eps)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"{where}: eps must be a number in [0, 1], got {eps!r}") from None
-    if not (0.0 <= value <= 1.0):
-        raise ConfigurationError(
-            f"{where}: eps must lie in [0, 1] (l_inf radius in pixel units, MATH 7), "
-            f"got eps={eps!r}"
-        )
-    return value
-
-
-def _check_int(name: str, value: object, minimum: int, where: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigurationError(
-            f"{where}: {name} must be an integer >= {minimum}, got {name}={value!r}"
-        )
-    return value
-
-
-def _check_positive(name: str, value: object, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{where}: {name} must be a positive number, got {value!r}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ConfigurationError(
-            f"{where}: {name} must be a positive finite number, got {name}={value!r}"
-        )
-    return float(value)
-
-
-def _check_pixels(u: object, where: str) -> Tensor:
-    if not isinstance(u, Tensor):
-        raise ConfigurationError(f"{where}: u must be a torch.Tensor, got {type(u).__name__}")
-    if u.dim() < 2 or u.shape[0] == 0:
-        raise ConfigurationError(
-            f"{where}: u must be a non-empty batch of shape (N, ...) with N >= 1, "
-            f"got shape {tuple(u.shape)}"
-        )
-    if not u.is_floating_point():
-        raise ConfigurationError(
-            f"{where}: u must hold floating-point pixels in [0, 1], got dtype {u.dtype}; "
-            f"convert uint8 images with u.float() / 255"
-        )
-    if not bool(torch.isfinite(u).all()):
-        bad = int((~torch.isfinite(u)).sum())
-        raise ConfigurationError(f"{where}: u contains {bad} non-finite value(s) (NaN or inf)")
-    lo, hi = float(u.min()), float(u.max())
-    if lo < 0.0 or hi > 1.0:
-        raise ConfigurationError(
-            f"{where}: u must hold pixels in [0, 1] (MATH 1), got values in [{lo:.4g}, {hi:.4g}]; "
-            f"pass unnormalised images (the model folds the normalisation into B, b)"
-        )
-    return u
-
-
-def _check_labels(labels: object, n: int, where: str) -> Tensor:
-    if not isinstance(labels, Tensor):
-        raise ConfigurationError(
-            f"{where}: labels must be a torch.Tensor, got {type(labels).__name__}"
-        )
-    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-        raise ConfigurationError(
-            f"{where}: labels must be integer class indices, got dtype {labels.dtype}"
-        )
-    if tuple(labels.shape) != (n,):
-        raise ConfigurationError(
-            f"{where}: labels must have shape ({n},), one class index per input of u, "
-            f"got shape {tuple(labels.shape)}"
-        )
-    return labels
-
-
-def _check_label_range(labels: Tensor, classes: int, where: str) -> None:
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= classes:
-        raise ConfigurationError(
-            f"{where}: labels must lie in [0, {classes - 1}] for a model with {classes} "
-            f"outputs, got values in [{lo}, {hi}]"
-        )
-
-
+# --- images -----------------------------------------------------------------------------------
 def _image_batch(u: Tensor, image_shape: tuple[int, ...] | None, where: str) -> Tensor:
     """``(N, C, H, W)`` view of ``u``, as torchattacks' APGD, FAB and Square expect."""
     n = u.shape[0]
@@ -480,6 +190,7 @@ def _image_batch(u: Tensor, image_shape: tuple[int, ...] | None, where: str) -> 
 
 def _check_adversarial(adv: Tensor, u: Tensor, eps: float, attack: str) -> None:
     """An adversarial image outside the eps-ball or [0, 1] is a bug: raise, never clip."""
+    adv = adv.detach()  # a torchattacks component may return images still on its graph
     if not bool(torch.isfinite(adv).all()):
         raise AttackError(f"{attack} returned non-finite adversarial images")
     dist = float((adv.double() - u.to(adv.device).double()).abs().amax())
@@ -499,7 +210,7 @@ def _chunks(idx: Tensor, size: int) -> Iterator[Tensor]:
         yield idx[start : start + size]
 
 
-def _predict(inst: _Instrumented, x: Tensor, batch_size: int) -> Tensor:
+def _predict(inst: Instrumented, x: Tensor, batch_size: int) -> Tensor:
     """Logits in the model's own dtype (not rounded to that of the images)."""
     with torch.no_grad():
         out = [inst(x[i : i + batch_size].to(inst.dtype)) for i in range(0, x.shape[0], batch_size)]
@@ -508,7 +219,7 @@ def _predict(inst: _Instrumented, x: Tensor, batch_size: int) -> Tensor:
 
 @dataclass
 class _Prepared:
-    inst: _Instrumented
+    inst: Instrumented
     x: Tensor  # inputs on the model's device, in the dtype and shape the attack needs
     labels: Tensor
     clean_correct: Tensor
@@ -543,15 +254,15 @@ def _run_attack(
     if not isinstance(warm_start, bool):
         raise ConfigurationError(f"{name}: warm_start must be True or False, got {warm_start!r}")
     start = time.perf_counter()
-    device, dtype = _device_dtype(model, u)
+    device, dtype = device_dtype(model, u)
     x = _image_batch(u, image_shape, name) if name == "autoattack" else u
     x = x.detach().to(device=device, dtype=image_dtype or dtype)
     y = labels.detach().to(device=device, dtype=torch.long)
-    inst = _Instrumented(model, device, dtype)
+    inst = Instrumented(model, device, dtype)
     eval_log, attack_log = SolveCounts(), SolveCounts()
-    with _attack_state(model):
+    with attack_state(model):
         inst.log = eval_log
-        with _solving_at(model, eval_tol, eval_max_iter):
+        with solving_at(model, eval_tol, eval_max_iter):
             clean_logits = _predict(inst, x, batch_size)
         classes = clean_logits.shape[1]
         if classes < min_classes:
@@ -560,7 +271,7 @@ def _run_attack(
                 f"{classes}"
                 + (" (APGD-T's DLR loss reads the 4 largest logits)" if min_classes == 4 else "")
             )
-        _check_label_range(y, classes, name)
+        check_label_range(y, classes, name)
         clean_correct = clean_logits.argmax(dim=1) == y
         prep = _Prepared(inst, x, y, clean_correct, classes, eval_log)
         adv = x.clone()
@@ -569,7 +280,7 @@ def _run_attack(
             inst.log = attack_log
             # the attack reads logits and gradients only: its solves skip the error bound
             with (
-                _solving_at(model, tol, max_iter),
+                solving_at(model, tol, max_iter),
                 warm_starts(model, warm_start),
                 error_bounds(model, False),
             ):
@@ -577,7 +288,7 @@ def _run_attack(
         _check_adversarial(adv, x, eps, name)
         _check_adversarial(adv.reshape(u.shape), u, eps, name)
         inst.log = eval_log
-        with _solving_at(model, eval_tol, eval_max_iter):
+        with solving_at(model, eval_tol, eval_max_iter):
             adv_pred = _predict(inst, adv, batch_size).argmax(dim=1)
     robust = clean_correct & (adv_pred == y)
     wall = time.perf_counter() - start
@@ -604,19 +315,18 @@ def _common_checks(
     batch_size: int,
     where: str,
 ) -> tuple[float, float, int]:
-    if not isinstance(model, nn.Module):
-        raise ConfigurationError(f"{where}: model must be a torch.nn.Module")
-    _check_pixels(u, where)
-    _check_labels(labels, u.shape[0], where)
-    _check_int("seed", seed, 0, where)
-    _check_positive("tol", tol, where)
-    _check_int("max_iter", max_iter, 1, where)
-    _check_int("batch_size", batch_size, 1, where)
-    eval_tol = tol if eval_tol is None else _check_positive("eval_tol", eval_tol, where)
+    check_model(model, where)
+    check_batch(u, where)
+    check_labels(labels, u.shape[0], where)
+    check_int("seed", seed, 0, where)
+    check_positive("tol", tol, where)
+    check_int("max_iter", max_iter, 1, where)
+    check_int("batch_size", batch_size, 1, where)
+    eval_tol = tol if eval_tol is None else check_positive("eval_tol", eval_tol, where)
     eval_max_iter = (
-        max_iter if eval_max_iter is None else _check_int("eval_max_iter", eval_max_iter, 1, where)
+        max_iter if eval_max_iter is None else check_int("eval_max_iter", eval_max_iter, 1, where)
     )
-    return _check_eps(eps, where), float(eval_tol), eval_max_iter
+    return check_eps(eps, where), float(eval_tol), eval_max_iter
 
 
 # --- PGD -----------------------------------------------------------------------------------
@@ -669,17 +379,19 @@ def pgd(
     eps, eval_tol, eval_max_iter = _common_checks(
         model, u, labels, eps, seed, tol, max_iter, eval_tol, eval_max_iter, batch_size, where
     )
-    _check_int("steps", steps, 1, where)
-    _check_int("restarts", restarts, 1, where)
+    check_int("steps", steps, 1, where)
+    check_int("restarts", restarts, 1, where)
     if step_size is None:
         step_size = 2.5 * eps / steps
     else:
-        step_size = _check_positive("step_size", step_size, where)
+        step_size = check_positive("step_size", step_size, where)
     restart_seeds = torch.randint(
         0, 2**62, (restarts,), generator=torch.Generator().manual_seed(seed)
     ).tolist()
 
     def attack_fn(prep: _Prepared, idx: Tensor) -> Tensor:
+        import torchattacks
+
         atk = torchattacks.PGD(prep.inst, eps=eps, alpha=step_size, steps=steps, random_start=True)
         out = prep.x[idx].clone()
         alive = torch.ones(idx.numel(), dtype=torch.bool, device=idx.device)
@@ -690,10 +402,12 @@ def pgd(
             torch.manual_seed(restart_seeds[r])
             for part in _chunks(todo, batch_size):
                 out[part] = atk(prep.x[idx[part]], prep.labels[idx[part]])
+            # checked before the model sees them, which refuses images outside [0, 1] itself
+            _check_adversarial(out[todo], prep.x[idx[todo]], eps, where)
             # which inputs this restart broke, judged as the final check judges them
             inst_log = prep.inst.log
             prep.inst.log = prep.eval_log
-            with _solving_at(model, eval_tol, eval_max_iter), warm_starts(model, False):
+            with solving_at(model, eval_tol, eval_max_iter), warm_starts(model, False):
                 pred = _predict(prep.inst, out[todo], batch_size).argmax(dim=1)
             prep.inst.log = inst_log
             alive[todo] = pred == prep.labels[idx[todo]]
@@ -732,51 +446,106 @@ def pgd(
         attack_solves=attack_log,
         eval_solves=eval_log,
         wall_time_s=wall,
-        warm_start=bool(warm_start and _supports_warm_start(model)),
+        warm_start=bool(warm_start and supports_warm_start(model)),
     )
 
 
 # --- AutoAttack ------------------------------------------------------------------------------
-def _timed(forward: Callable[..., Tensor], seconds: list[float], i: int) -> Callable[..., Tensor]:
-    """``forward`` that adds its wall time to ``seconds[i]`` (one AutoAttack component)."""
+# The chains of torchattacks.AutoAttack (3.5), component by component: a label, the public
+# torchattacks class, and the arguments AutoAttack gives it besides model, eps, norm, seed
+# and verbose. ``steps`` sets the iteration count of every component but Square, whose
+# budget is ``n_queries`` (None below: filled in at run time, as are the classes).
+AUTOATTACK_VERSIONS: dict[str, tuple[tuple[str, str, dict], ...]] = {
+    "standard": (
+        ("APGD-CE", "APGD", {"loss": "ce", "n_restarts": 1}),
+        ("APGD-T", "APGDT", {"n_classes": None, "n_restarts": 1}),
+        ("FAB-T", "FAB", {"multi_targeted": True, "n_classes": None, "n_restarts": 1}),
+        ("Square", "Square", {"n_queries": None, "n_restarts": 1}),
+    ),
+    "plus": (
+        ("APGD-CE", "APGD", {"loss": "ce", "n_restarts": 5}),
+        ("APGD-DLR", "APGD", {"loss": "dlr", "n_restarts": 5}),
+        ("FAB", "FAB", {"n_classes": None, "n_restarts": 5}),
+        ("Square", "Square", {"n_queries": None, "n_restarts": 1}),
+        ("APGD-T", "APGDT", {"n_classes": None, "n_restarts": 1}),
+        ("FAB-T", "FAB", {"multi_targeted": True, "n_classes": None, "n_restarts": 1}),
+    ),
+}
 
-    def run(*args, **kwargs) -> Tensor:
-        t = time.perf_counter()
-        try:
-            return forward(*args, **kwargs)
-        finally:
-            seconds[i] += time.perf_counter() - t
 
-    return run
+def _torchattacks_steps() -> int:
+    """The iteration count torchattacks gives APGD, APGD-T and FAB itself (10 in 3.5)."""
+    import torchattacks
+
+    return inspect.signature(torchattacks.APGD).parameters["steps"].default
 
 
-def _configure_autoattack(
-    atk: torchattacks.AutoAttack, version: str, steps: int | None, n_queries: int
-) -> tuple[str, ...]:
-    """Check the chain torchattacks built and set the iteration budgets; return its names."""
-    chain = getattr(getattr(atk, "_autoattack", None), "attacks", None)
-    names = tuple(type(a).__name__ for a in chain) if chain is not None else ()
-    if names != AUTOATTACK_VERSIONS[version]:
-        raise RuntimeError(
-            f"torchattacks.AutoAttack(version={version!r}) chains {names or 'unknown attacks'}, "
-            f"expected {AUTOATTACK_VERSIONS[version]}; this torchattacks version "
-            f"({torchattacks.__version__}) is not the one nemon.attacks was written for (3.5)"
+def _autoattack_chain(
+    inst: Instrumented,
+    version: str,
+    eps: float,
+    *,
+    classes: int,
+    seed: int,
+    steps: int | None,
+    n_queries: int,
+) -> list[tuple[str, Attack]]:
+    """The components of ``torchattacks.AutoAttack(inst, "Linf", eps, version, classes, seed)``.
+
+    Built from the public classes with the arguments AutoAttack gives them, so that the
+    chain runs as AutoAttack's would, bit for bit, without reading its private attributes;
+    ``steps`` (unless None: torchattacks' own count) and ``n_queries`` set the budgets.
+    """
+    import torchattacks
+
+    chain = []
+    for label, name, args in AUTOATTACK_VERSIONS[version]:
+        kw = dict(args)
+        if "n_classes" in kw:
+            kw["n_classes"] = classes
+        if "n_queries" in kw:
+            kw["n_queries"] = n_queries
+        elif steps is not None:
+            kw["steps"] = steps
+        atk = getattr(torchattacks, name)(
+            inst, eps=eps, norm="Linf", seed=seed, verbose=False, **kw
         )
-    labels = []
-    for a in chain:
-        if isinstance(a, torchattacks.Square):
-            a.n_queries = n_queries
-            labels.append("Square")
-            continue
-        if steps is not None:
-            a.steps = steps
-        if isinstance(a, torchattacks.APGD):
-            labels.append(f"APGD-{a.loss.upper()}")
-        elif isinstance(a, torchattacks.APGDT):
-            labels.append("APGD-T")
-        else:
-            labels.append("FAB-T" if a.multi_targeted else "FAB")
-    return tuple(labels)
+        chain.append((label, atk))
+    return chain
+
+
+def _run_chain(
+    chain: list[tuple[str, Attack]],
+    inst: Instrumented,
+    images: Tensor,
+    labels: Tensor,
+    eps: float,
+    remaining: list[int],
+    seconds: list[float],
+) -> Tensor:
+    """Adversarial images of the chain, as ``torchattacks.MultiAttack`` makes them (MATH 11).
+
+    Each component attacks only the inputs no earlier one broke, judged by one forward of
+    its images; the chain stops once all are broken. Adds to ``remaining`` the inputs left
+    before the first and after each component, to ``seconds`` each component's wall time
+    (not the forwards between components).
+    """
+    final = images.clone()
+    fails = torch.arange(images.shape[0], device=images.device)
+    remaining[0] += len(fails)
+    for i, (_, atk) in enumerate(chain):
+        start = time.perf_counter()
+        adv = atk(images[fails], labels[fails])
+        seconds[i] += time.perf_counter() - start
+        _check_adversarial(adv, images[fails], eps, "autoattack")  # before the model sees them
+        # as MultiAttack does: with gradients enabled, the class by torch.max
+        broken = torch.max(inst(adv).detach(), 1).indices != labels[fails]
+        final[fails[broken]] = adv[broken]
+        fails = fails[~broken]
+        remaining[i + 1] += len(fails)
+        if len(fails) == 0:
+            break
+    return final
 
 
 def autoattack(
@@ -798,17 +567,21 @@ def autoattack(
     batch_size: int = 1000,
     warm_start: bool = False,
 ) -> AttackResult:
-    """AutoAttack (Croce and Hein 2020) via ``torchattacks.AutoAttack`` (MATH 11).
+    """AutoAttack (Croce and Hein 2020) from torchattacks' public components (MATH 11).
 
     ``version="standard"`` chains APGD-CE, APGD-T (DLR loss, the 9 most likely
     other classes as targets), FAB-T (same targets) and Square (``n_queries``
     queries, gradient-free, which guards against gradient masking), one restart
     each; each component attacks only the inputs the previous ones left
-    unbroken. ``version="plus"`` is torchattacks' "plus" chain.
+    unbroken. ``version="plus"`` is torchattacks' "plus" chain. The chain is
+    ``torchattacks.AutoAttack``'s, built from the same classes with the same arguments
+    (:data:`AUTOATTACK_VERSIONS`) and run as its ``MultiAttack`` runs it, so that the
+    per-component counts (``remaining_after``) come from public interfaces only.
 
     ``steps`` is the iteration count of APGD-CE, APGD-T and FAB-T. It defaults
     to 100, the value of the original standard AutoAttack; torchattacks 3.5
-    silently uses 10 (``steps=None`` keeps that, ten times cheaper and weaker).
+    silently uses 10 (``steps=None`` keeps torchattacks' own count,
+    :func:`_torchattacks_steps`: ten times cheaper and weaker).
 
     The inputs are given to torchattacks as ``(N, C, H, W)`` images (Square
     needs them): a 4-d ``u`` as it is, a 3-d one with one channel, a flat one
@@ -837,30 +610,32 @@ def autoattack(
             f"{where}: unknown version {version!r}; choose one of {sorted(AUTOATTACK_VERSIONS)}"
         )
     if steps is not None:
-        _check_int("steps", steps, 1, where)
-    _check_int("n_queries", n_queries, 1, where)
+        check_int("steps", steps, 1, where)
+    check_int("n_queries", n_queries, 1, where)
     _image_batch(u, image_shape, where)  # fail early on a shape Square cannot use
 
     used: dict[str, object] = {}
 
     def attack_fn(prep: _Prepared, idx: Tensor) -> Tensor:
-        atk = torchattacks.AutoAttack(
-            prep.inst, norm=norm, eps=eps, version=version, n_classes=prep.classes, seed=seed
+        chain = _autoattack_chain(
+            prep.inst,
+            version,
+            eps,
+            classes=prep.classes,
+            seed=seed,
+            steps=steps,
+            n_queries=n_queries,
         )
-        used["components"] = _configure_autoattack(atk, version, steps, n_queries)
-        used["restarts"] = max(a.n_restarts for a in atk._autoattack.attacks)
-        # MultiAttack's own bookkeeping (private API): inputs left before the first and after
-        # each component, summed over batches; a chain that empties early leaves zeros, correctly
-        multi = atk._autoattack
-        multi._multi_atk_records = [0.0] * (len(multi.attacks) + 1)
-        multi._accumulate_multi_atk_records = True
-        seconds = [0.0] * len(multi.attacks)
-        for i, component in enumerate(multi.attacks):
-            component.forward = _timed(component.forward, seconds, i)
+        used["components"] = tuple(label for label, _ in chain)
+        used["restarts"] = max(atk.n_restarts for _, atk in chain)
+        # inputs left before the first and after each component, summed over batches; a chain
+        # that empties early leaves zeros, correctly
+        remaining = [0] * (len(chain) + 1)
+        seconds = [0.0] * len(chain)
         out = prep.x[idx].clone()
         for part in _chunks(torch.arange(idx.numel(), device=idx.device), batch_size):
-            out[part] = atk(prep.x[idx[part]], prep.labels[idx[part]])
-        remaining = [int(r) for r in multi._multi_atk_records]
+            x, y = prep.x[idx[part]], prep.labels[idx[part]]
+            out[part] = _run_chain(chain, prep.inst, x, y, eps, remaining, seconds)
         used["remaining"] = tuple(remaining)
         used["seconds"] = tuple(seconds)
         return out
@@ -888,7 +663,7 @@ def autoattack(
         robust=robust,
         clean_correct=clean,
         adversarial=adv,
-        steps=10 if steps is None else steps,
+        steps=_torchattacks_steps() if steps is None else steps,
         restarts=int(used.get("restarts", 1)),
         step_size=None,
         tol=float(tol),
@@ -905,224 +680,5 @@ def autoattack(
         components=tuple(used.get("components", ())),
         remaining_after=tuple(used.get("remaining", ())),
         component_seconds=tuple(used.get("seconds", ())),
-        warm_start=bool(warm_start and _supports_warm_start(model)),
+        warm_start=bool(warm_start and supports_warm_start(model)),
     )
-
-
-# --- the empirical Lipschitz lower bound -----------------------------------------------------
-def _class_gradients(inst: _Instrumented, U: Tensor, ks: Tensor) -> Tensor:
-    """Row ``r`` of the result is ``grad_u y_{ks[r]}`` at ``U[r]`` (one forward, one backward)."""
-    U = U.detach().requires_grad_(True)
-    with torch.enable_grad():
-        y = inst(U)
-        (g,) = torch.autograd.grad(y.gather(1, ks[:, None]).sum(), U)
-    return g
-
-
-def _pattern_reader(model: nn.Module, log: SolveCounts) -> Callable[[Tensor], Tensor] | None:
-    """The activation pattern (which ReLUs are active) at a batch of inputs, where readable.
-
-    Implicit layers with the NEMON interface (``equilibrium``, ``A``,
-    ``input_map``; also MON and the MLP with ``A = 0``): ``z* = A x* + B u + b >
-    0``, the pattern ``J`` of MATH 4; ``x* > 0`` would not do, as the averaged
-    iteration leaves inactive units slightly positive. Other models: the inputs
-    of their ``nn.ReLU`` modules. ``None`` when neither applies.
-    """
-    if all(hasattr(model, a) for a in ("equilibrium", "A", "input_map")):
-
-        def layer_pattern(v: Tensor) -> Tensor:
-            x, stats = model.equilibrium(v)
-            log.record(stats, getattr(model, "tol", None), "forward")
-            B_eff, b_eff = model.input_map()
-            return (x @ model.A.t() + v @ B_eff.t() + b_eff) > 0
-
-        return layer_pattern
-    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
-    if not relus:
-        return None
-
-    def relu_pattern(v: Tensor) -> Tensor:
-        seen: list[Tensor] = []
-
-        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            seen.append((inputs[0] > 0).reshape(inputs[0].shape[0], -1))
-
-        handles = [m.register_forward_hook(hook) for m in relus]
-        try:
-            model(v)
-        finally:
-            for h in handles:
-                h.remove()
-        return torch.cat(seen, dim=1)
-
-    return relu_pattern
-
-
-def _output_error(model: nn.Module, k: int) -> float:
-    """``|y_k - y_k*| <= ||c_k diag(eta)^-1||_1 * error_bound`` after the last forward solve."""
-    stats = getattr(model, "last_stats", None)
-    if stats is None or not hasattr(model, "C") or not hasattr(model, "eta"):
-        return math.nan
-    c_norm = float((model.C[k] / model.eta).abs().sum())
-    return c_norm * float(stats.error_bound)
-
-
-def lipschitz_lower_bound(
-    model: nn.Module,
-    u: Tensor,
-    *,
-    steps: int,
-    step_size: float,
-    seed: int,
-    n_random: int = 8,
-    tol: float = 1e-12,
-    max_iter: int = 10_000,
-    batch_size: int = 1000,
-    rtol: float = 1e-6,
-) -> LowerBound:
-    """Empirical lower bound of the l_inf -> l_inf Lipschitz constant of ``u -> y`` (MATH 5).
-
-    Where the activation pattern is fixed the network is affine, and its local
-    constant is ``max_k ||grad_u y_k||_1`` (the row l1 norm of the Jacobian is
-    the induced l_inf norm); each such value is a lower bound of the global
-    constant, and the bound of MATH 5 is an upper one. That local value has
-    zero gradient almost everywhere for a ReLU network, so the search moves
-    instead: from each start (the rows of ``u`` and ``n_random`` uniform points
-    drawn with ``seed``) and for each class ``k``, ``steps`` steps of
-    ``step_size * sign(grad_u y_k)`` clipped to ``[0, 1]`` (raising ``y_k``
-    crosses into other linear regions), keeping the largest
-    ``||grad_u y_k||_1`` seen.
-
-    The best point is then re-evaluated for every class and checked by finite
-    differences: with ``s = sign(grad_u y_k)``, ``p = clamp(point, h, 1 - h)``
-    and ``q = p + h s``, the largest ``h`` in :data:`FD_STEPS` for which ``p``
-    and ``q`` keep the activation pattern of the point gives ``|y_k(q) -
-    y_k(p)| / ||q - p||_inf``, a ratio two inputs in ``[0, 1]`` actually achieve.
-    Everything runs on a float64 copy of the model at ``tol``/``max_iter``; the
-    model itself and the global RNG are untouched.
-    """
-    where = "lipschitz_lower_bound"
-    if not isinstance(model, nn.Module):
-        raise ConfigurationError(f"{where}: model must be a torch.nn.Module")
-    _check_pixels(u, where)
-    _check_int("steps", steps, 1, where)
-    step_size = _check_positive("step_size", step_size, where)
-    _check_int("seed", seed, 0, where)
-    _check_int("n_random", n_random, 0, where)
-    tol = _check_positive("tol", tol, where)
-    _check_int("max_iter", max_iter, 1, where)
-    _check_int("batch_size", batch_size, 1, where)
-    rtol = _check_positive("rtol", rtol, where)
-
-    work = copy.deepcopy(model).double()
-    device, _ = _device_dtype(work, u)
-    inst = _Instrumented(work, device, torch.float64)
-    flat = u.detach().reshape(u.shape[0], -1).to(device=device, dtype=torch.float64)
-    gen = torch.Generator().manual_seed(seed)
-    rand = torch.rand(n_random, flat.shape[1], generator=gen, dtype=torch.float64)
-    starts = torch.cat([flat, rand.to(device)])
-
-    with _attack_state(work), _solving_at(work, tol, max_iter):
-        with torch.no_grad():
-            classes = inst(starts[:1]).shape[1]
-        U = starts.repeat_interleave(classes, dim=0)
-        ks = torch.arange(classes, device=device).repeat(starts.shape[0])
-        best_val, best_point = -1.0, starts[0]
-        for step in range(steps + 1):
-            G = torch.cat(
-                [
-                    _class_gradients(inst, U[i : i + batch_size], ks[i : i + batch_size])
-                    for i in range(0, U.shape[0], batch_size)
-                ]
-            )
-            vals = G.abs().sum(dim=1)
-            i = int(vals.argmax())
-            if float(vals[i]) > best_val:
-                best_val, best_point = float(vals[i]), U[i].clone()
-            if step < steps:
-                U = (U + step_size * G.sign()).clamp(0.0, 1.0)
-
-        point = best_point
-        J = _class_gradients(inst, point.expand(classes, -1), torch.arange(classes, device=device))
-        norms = J.abs().sum(dim=1)
-        k = int(norms.argmax())
-        value = float(norms[k])
-        s = J[k].sign()
-        pattern = _pattern_reader(work, inst.log)
-        with torch.no_grad():
-            ref = pattern(point[None]) if pattern is not None else None
-            fd = _finite_difference(inst, work, pattern, ref, point, s, k, value)
-
-    h, p, q, ratio, rel_diff, fd_error, same = fd
-    notes = []
-    if value == 0.0:
-        notes.append("the gradient is zero at the best point (a constant network?)")
-    if pattern is None:
-        notes.append(
-            "activation pattern not readable for this model; kept the step that agrees best"
-        )
-    elif not same:
-        notes.append(
-            "the activation pattern changed for every finite-difference step: the best point "
-            "lies on a region boundary"
-        )
-    agree = rel_diff <= rtol
-    if not agree:
-        notes.append(
-            f"finite-difference ratio {ratio:.12g} and gradient value {value:.12g} differ by "
-            f"{rel_diff:.3g} relative (> rtol={rtol:g})"
-        )
-    return LowerBound(
-        value=value,
-        point=point.cpu(),
-        k=k,
-        fd_ratio=ratio,
-        fd_h=h,
-        fd_pair=(p.cpu(), q.cpu()),
-        fd_rel_diff=rel_diff,
-        fd_error=fd_error,
-        agree=agree,
-        pattern_checked=bool(same),
-        note="; ".join(notes),
-        steps=steps,
-        step_size=step_size,
-        seed=seed,
-        n_random=n_random,
-        tol=tol,
-        max_iter=max_iter,
-        solves=inst.log,
-    )
-
-
-def _finite_difference(
-    inst: _Instrumented,
-    work: nn.Module,
-    pattern: Callable[[Tensor], Tensor] | None,
-    ref: Tensor | None,
-    point: Tensor,
-    s: Tensor,
-    k: int,
-    value: float,
-) -> tuple[float, Tensor, Tensor, float, float, float, bool]:
-    """``(h, p, q, ratio, rel_diff, error, pattern_kept)`` for the step chosen (see caller)."""
-    best = None
-    for h in FD_STEPS:
-        p = point.clamp(h, 1.0 - h)
-        q = p + h * s
-        y = inst(torch.stack([p, q]))
-        dist = float((q - p).abs().max())
-        dy = float((y[1, k] - y[0, k]).abs())
-        ratio = dy / dist if dist > 0 else 0.0
-        rel = abs(ratio - value) / value if value > 0 else abs(ratio)
-        error = 2.0 * _output_error(work, k) / dist if dist > 0 else math.nan
-        if pattern is not None:
-            same = bool(torch.equal(pattern(p[None]), ref)) and bool(
-                torch.equal(pattern(q[None]), ref)
-            )
-            best = (h, p, q, ratio, rel, error, same)
-            if same:
-                return best
-        elif best is None or rel < best[4]:
-            best = (h, p, q, ratio, rel, error, False)
-    assert best is not None
-    return best

@@ -31,10 +31,14 @@ import torch
 from torch import Tensor, nn
 
 from . import attacks
+from ._checks import check_eps
+from ._solves import frozen_weights
+from .attacks import inversion_attack
+from .certificates import certified_mask, lipschitz_radius
 from .contracts import DEGENERATE_SHARE
 from .data import stratified_subset
 from .errors import ConfigurationError, NonConvergenceWarning, PrecisionWarning
-from .robustness import certified_mask, check_eps, inversion_attack, lipschitz_radius
+from .lipschitz_lower import lipschitz_lower_bound
 from .training import to_pixels
 
 
@@ -196,7 +200,7 @@ def evaluate_model(
     throughout, so what depends on them alone is built once
     (:meth:`nemon.model.NEMON.frozen_weights`).
     """
-    with attacks.frozen_weights(model):
+    with frozen_weights(model):
         return _evaluate_model(model, test_x, test_y, settings, progress)
 
 
@@ -263,7 +267,7 @@ def _evaluate_model(
         timings["inversion"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         # the embedded iteration contracts only where the averaged one does (MATH 9, 15)
-        interval_available = model._step_constants()[1] < 1.0
+        interval_available = model.rho() < 1.0
         for eps in s.interval_eps if interval_available else ():
 
             def cert(i, j, eps=eps):
@@ -393,7 +397,7 @@ def _lower_bound(model: nn.Module, X: Tensor, Y: Tensor, s: EvalSettings) -> dic
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NonConvergenceWarning)
         warnings.simplefilter("ignore", PrecisionWarning)
-        lb = attacks.lipschitz_lower_bound(
+        lb = lipschitz_lower_bound(
             model,
             X[idx].to(dev, dt),
             steps=s.lower_bound_steps,

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from . import core
-from .model import _check_finite, check_positive_int, flatten_input, input_stats
+from ._checks import check_finite
+from .model import check_positive_int, flatten_input, input_stats
 from .solvers import SolverStats
 
 
@@ -108,9 +109,6 @@ class MLP(nn.Module):
     def mu(self) -> Tensor:
         return torch.zeros((), dtype=self.B.dtype, device=self.B.device)
 
-    def _step_constants(self) -> tuple[float, float]:
-        return 1.0, 0.0
-
     def alpha_star(self) -> float:
         return 1.0
 
@@ -154,23 +152,26 @@ class MLP(nn.Module):
         self.last_forward_stats = stats
         return stats
 
-    def equilibrium(self, u: Tensor) -> tuple[Tensor, SolverStats]:
-        u2, lead = flatten_input(u, self.in_features, self.B.dtype)
+    def equilibrium(
+        self, u: Tensor, *, _where: str = "MLP.equilibrium"
+    ) -> tuple[Tensor, SolverStats]:
+        u2, lead = flatten_input(u, self.in_features, self.B.dtype, _where)
         u_n = self.normalise(u2)
-        _check_finite(self.B, "B", "the weights B, b are not finite; the training has diverged")
+        check_finite(self.B, "B", "the weights B, b are not finite; the training has diverged")
         inj = torch.addmm(self.b, u_n, self.B.t())
         x = torch.relu(inj)
         stats = self._stats(x, inj, u_n)
         return x.reshape(*lead, self.hidden_features), stats
 
     def forward(self, u: Tensor) -> Tensor:
-        x, _ = self.equilibrium(u)
+        """Logits of pixels ``u`` in ``[0, 1]`` (checked: uint8 or 0-255 images are refused)."""
+        x, _ = self.equilibrium(u, _where="MLP.forward")
         return torch.nn.functional.linear(x, self.C, self.c)
 
     def embedded_equilibrium(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, SolverStats]:
         """Interval bound propagation through the hidden layer (MATH 9 with ``A = 0``)."""
-        lo2, lead = flatten_input(lo, self.in_features, self.B.dtype)
-        hi2, _ = flatten_input(hi, self.in_features, self.B.dtype)
+        lo2, lead = flatten_input(lo, self.in_features, self.B.dtype, "MLP.embedded_equilibrium")
+        hi2, _ = flatten_input(hi, self.in_features, self.B.dtype, "MLP.embedded_equilibrium")
         lo_n, hi_n = self.normalise(lo2), self.normalise(hi2)
         z_lo, z_hi = core.box_injection(self.B[None], self.b[None], lo_n, hi_n)
         x_lo, x_hi = torch.relu(z_lo[0]), torch.relu(z_hi[0])

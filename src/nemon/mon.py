@@ -10,7 +10,7 @@ the l2 matrix measure ``mu_2(W) = lambda_max((W + W^T) / 2) <= gamma < 1``: the
 network is well posed for every parameter value, the l2 counterpart of MATH 2.
 Nothing bounds the l_inf measure ``mu_inf(W)`` here, which is the paper's point of
 comparison: the l_inf machinery (MATH 3, 5, 9) applies to a MON only where
-``mu_inf(W) < 1`` happens to hold, and :meth:`MON._step_constants` says whether it does.
+``mu_inf(W) < 1`` happens to hold, and :meth:`MON.rho` says whether it does.
 
 The equilibrium is the zero of ``(I - W) z - (U u + b) + N(z)``, ``N`` the normal
 cone of the non-negative orthant (``relu`` is its resolvent), found by operator
@@ -31,9 +31,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_finite
 from .errors import ConfigurationError, ConvergenceError, NonConvergenceWarning
 from .measure import inf_norm, mu_inf
-from .model import _check_finite, check_positive_int, check_tol, flatten_input, input_stats
+from .model import check_positive_int, check_tol, flatten_input, input_stats
 from .solvers import SolverStats
 
 MON_SOLVERS = ("pr", "fb")
@@ -376,6 +377,18 @@ class MON(nn.Module):
         alpha = 1.0 / (1.0 - w_min)
         return alpha, 1.0 - (1.0 - max(mu, 0.0)) * alpha
 
+    def alpha_star(self) -> float:
+        """Step ``1 / (1 - min_i min(w_ii, 0))`` of the l_inf averaged iteration (MATH 3)."""
+        return self._step_constants()[0]
+
+    def rho(self) -> float:
+        """Contraction factor of the l_inf averaged iteration at :meth:`alpha_star` (MATH 3).
+
+        Below 1 exactly when ``mu_inf(W) < 1``, the only case in which the interval bounds
+        of MATH 9 apply to this MON.
+        """
+        return self._step_constants()[1]
+
     # --- MATH 1: the input map ---------------------------------------------------------
     def normalise(self, u2: Tensor) -> Tensor:
         """``(u - input_mean) / input_std`` for rows of pixels (MATH 1)."""
@@ -511,13 +524,15 @@ class MON(nn.Module):
                 warnings.warn(msg + " [warned once per model]", NonConvergenceWarning, stacklevel=4)
         return z, stats
 
-    def equilibrium(self, u: Tensor) -> tuple[Tensor, SolverStats]:
+    def equilibrium(
+        self, u: Tensor, *, _where: str = "MON.equilibrium"
+    ) -> tuple[Tensor, SolverStats]:
         """Solve ``z* = relu(W z* + U u + b)``; returns ``(z_star, stats)``."""
-        u2, lead = flatten_input(u, self.in_features, self.U.dtype)
+        u2, lead = flatten_input(u, self.in_features, self.U.dtype, _where)
         W = self.W
-        _check_finite(W, "W", "the weights P or Q are not finite; the training has diverged")
+        check_finite(W, "W", "the weights P or Q are not finite; the training has diverged")
         inj = torch.addmm(self.b, self.normalise(u2), self.U.t())
-        _check_finite(inj, "U u + b", "the weights U, b are not finite; the training has diverged")
+        check_finite(inj, "U u + b", "the weights U, b are not finite; the training has diverged")
         z = _MonEquilibrium.apply(W, inj, self)
         stats = self.last_forward_stats
         assert stats is not None
@@ -525,7 +540,8 @@ class MON(nn.Module):
         return z.reshape(*lead, self.hidden_features), stats
 
     def forward(self, u: Tensor) -> Tensor:
-        z, _ = self.equilibrium(u)
+        """Logits of pixels ``u`` in ``[0, 1]`` (checked: uint8 or 0-255 images are refused)."""
+        z, _ = self.equilibrium(u, _where="MON.forward")
         return torch.nn.functional.linear(z, self.C, self.c)
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # keep pickled models usable

@@ -1,4 +1,4 @@
-"""Certificates (MATH 6, 9) and the inversion attack (MATH 7).
+"""Certificates of l_inf robustness: the Lipschitz one (MATH 6) and the interval one (MATH 9).
 
 Two sound certificates of l_inf robustness at a radius ``eps`` (pixel units):
 
@@ -20,40 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from . import core
+from ._checks import check_eps, check_pixels, class_indices
 from .errors import ConfigurationError
-from .model import flatten_input
+from .model import SETTLING_SOLVERS, flatten_input
 
 METHODS = ("lipschitz", "interval")
-
-
-def check_eps(eps: float) -> float:
-    """``eps`` as a float in ``[0, 1]`` (pixel units), else a clear error."""
-    try:
-        value = float(eps)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"eps must be a number in [0, 1], got eps={eps!r}") from None
-    if not (0.0 <= value <= 1.0):
-        raise ConfigurationError(f"eps must lie in [0, 1] (pixel units), got eps={eps!r}")
-    return value
-
-
-def inversion_attack(u: Tensor, eps: float) -> Tensor:
-    """Continuous image inversion ``u + eps (1 - 2u)`` in pixel units (MATH 7).
-
-    ``eps = 0`` is the clean image, ``eps = 1`` the inverted one; for ``u`` in
-    ``[0, 1]`` the perturbation has ``||delta||_inf <= eps``.
-    """
-    eps = check_eps(eps)
-    return u + eps * (1.0 - 2.0 * u)
-
-
-def _labels(labels: Tensor, n: int, classes: int, device) -> Tensor:
-    k = labels.reshape(-1).to(device=device, dtype=torch.long)
-    if k.shape[0] != n:
-        raise ValueError(f"{n} inputs but {k.shape[0]} labels")
-    if k.numel() and (int(k.min()) < 0 or int(k.max()) >= classes):
-        raise ValueError(f"labels must lie in 0..{classes - 1}, got {int(k.min())}..{int(k.max())}")
-    return k
 
 
 def _class_pair_norms(model: nn.Module) -> Tensor:
@@ -83,7 +54,6 @@ def _logit_rounding(model: nn.Module, x_abs: Tensor) -> Tensor:
     return g * (x_abs @ model.C.abs().t() + model.c.abs())
 
 
-@torch.no_grad()
 def lipschitz_radius(model: nn.Module, u: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample certified l_inf radius (MATH 6) and the predicted class, from one solve.
 
@@ -94,12 +64,22 @@ def lipschitz_radius(model: nn.Module, u: Tensor, labels: Tensor) -> tuple[Tenso
     logits, and ``L`` is inflated by the rounding of its own sums (MATH 12).
     A model without the l_inf machinery of MATH 6 (no ``mu``, e.g. MON) gets the
     cruder form ``margin / (2 Lip)`` with its own :meth:`lipschitz_bound`.
+    ``u``: float pixels in ``[0, 1]``, checked.
     """
+    check_pixels(u, "lipschitz_radius")
+    return _lipschitz_radius(model, u, labels, "lipschitz_radius")
+
+
+@torch.no_grad()
+def _lipschitz_radius(
+    model: nn.Module, u: Tensor, labels: Tensor, where: str
+) -> tuple[Tensor, Tensor]:
+    """:func:`lipschitz_radius` of pixels already checked by the caller ``where``."""
     x, _ = model.equilibrium(u)
     x = x.reshape(-1, model.hidden_features)
     bounds = model.last_error_bounds
     y = torch.nn.functional.linear(x, model.C, model.c)
-    k = _labels(labels, y.shape[0], model.out_features, y.device)
+    k = class_indices(labels, y.shape[0], model.out_features, y.device, where)
     pred = y.argmax(dim=1)
     rnd = _logit_rounding(model, x.abs())
     if hasattr(model, "mu"):
@@ -121,7 +101,8 @@ def lipschitz_radius(model: nn.Module, u: Tensor, labels: Tensor) -> tuple[Tenso
 
 def certified_radius(model: nn.Module, u: Tensor, labels: Tensor) -> Tensor:
     """Per-sample certified l_inf radius in pixel units (MATH 6); see :func:`lipschitz_radius`."""
-    return lipschitz_radius(model, u, labels)[0]
+    check_pixels(u, "certified_radius")
+    return _lipschitz_radius(model, u, labels, "certified_radius")[0]
 
 
 def _box(u: Tensor, eps: float, lo: Tensor | None, hi: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -144,6 +125,8 @@ def interval_bounds(model: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tensor, T
         raise ValueError(
             f"lo and hi must have the same shape, got {tuple(lo.shape)} and {tuple(hi.shape)}"
         )
+    check_pixels(lo, "interval_bounds", "lo")
+    check_pixels(hi, "interval_bounds", "hi")
     if bool((lo > hi).any()):
         bad = int((lo > hi).sum())
         raise ConfigurationError(
@@ -151,6 +134,11 @@ def interval_bounds(model: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tensor, T
             "(for a ball of radius eps around u: lo = clamp(u - eps, 0, 1), "
             "hi = clamp(u + eps, 0, 1))"
         )
+    return _interval_bounds(model, lo, hi)
+
+
+def _interval_bounds(model: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, object]:
+    """:func:`interval_bounds` of boxes of pixels already checked."""
     x_lo, x_hi, stats = model.embedded_equilibrium(lo, hi)
     delta = model.last_error_bounds
     widen = delta.reshape(*x_lo.shape[:-1], 1) / model.eta.detach()
@@ -163,11 +151,18 @@ def interval_margins(model: nn.Module, u: Tensor, labels: Tensor, eps: float) ->
     ``(N, classes)``, ``m_kk = 0``; the ball is clipped to ``[0, 1]`` pixels.
     Rounding of the margin itself is subtracted (MATH 12).
     """
-    eps = check_eps(eps)
+    where = "interval_margins"
+    eps = check_eps(eps, where)
+    check_pixels(u, where)
     u2, _ = flatten_input(u, model.in_features, next(model.parameters()).dtype)
-    k = _labels(labels, u2.shape[0], model.out_features, u2.device)
+    k = class_indices(labels, u2.shape[0], model.out_features, u2.device, where)
+    return _interval_margins(model, u2, k, eps)
+
+
+def _interval_margins(model: nn.Module, u2: Tensor, k: Tensor, eps: float) -> Tensor:
+    """:func:`interval_margins` of checked pixels ``(N, in_features)`` and labels ``k``."""
     lo, hi = _box(u2, eps, None, None)
-    x_lo, x_hi, _ = interval_bounds(model, lo, hi)
+    x_lo, x_hi, _ = _interval_bounds(model, lo, hi)
     z = core.worst_case_logits(model.C[None], model.c[None], x_lo[None], x_hi[None], k)[0]
     rnd = _logit_rounding(model, torch.maximum(x_lo.abs(), x_hi.abs()))
     m = -z - (rnd + rnd.gather(1, k[:, None]))
@@ -245,22 +240,38 @@ def certified_mask(
     correctly, where the caller has already solved for it at the same settings (the
     evaluation's clean pass); the interval path then skips its own clean solve.
 
-    For a NEMON with ``solver="average"`` the interval path iterates only the correctly
-    classified inputs' boxes, each until it is certified or refuted or meets the stop rule
+    For a NEMON with ``solver="average"`` or ``"jacobi"`` the interval path iterates only the
+    correctly classified inputs' boxes, each until it is certified or refuted or meets the stop rule
     itself (``NEMON.settle_boxes``; MATH 9, "Settling box by box"); otherwise it solves the
     whole batch to the stop rule (:func:`interval_margins`).
     """
-    eps = check_eps(eps)
+    where = "certified_mask"
+    eps = check_eps(eps, where)
+    check_pixels(u, where)
+    return _certified_mask(model, u, labels, eps, method, correct, where)
+
+
+@torch.no_grad()
+def _certified_mask(
+    model: nn.Module,
+    u: Tensor,
+    labels: Tensor,
+    eps: float,
+    method: str,
+    correct: Tensor | None,
+    where: str,
+) -> Tensor:
+    """:func:`certified_mask` of pixels and ``eps`` already checked by the caller ``where``."""
     if method == "lipschitz":
         if correct is not None:
             raise ConfigurationError(
                 "correct is for method='interval'; the Lipschitz certificate takes the "
                 "correctness from its own solve (the margin it needs)"
             )
-        return certified_radius(model, u, labels) > eps
+        return _lipschitz_radius(model, u, labels, where)[0] > eps
     if method == "interval":
         u2, _ = flatten_input(u, model.in_features, next(model.parameters()).dtype)
-        k = _labels(labels, u2.shape[0], model.out_features, u2.device)
+        k = class_indices(labels, u2.shape[0], model.out_features, u2.device, where)
         if correct is None:
             correct = model(u2).argmax(dim=1) == k
         elif correct.shape != k.shape or correct.dtype != torch.bool:
@@ -269,14 +280,14 @@ def certified_mask(
                 f"input), got {correct.dtype} of shape {tuple(correct.shape)}"
             )
         correct = correct.to(k.device)
-        if getattr(model, "solver", None) == "average" and hasattr(model, "settle_boxes"):
+        if getattr(model, "solver", None) in SETTLING_SOLVERS and hasattr(model, "settle_boxes"):
             out = torch.zeros_like(correct)
             todo = correct.nonzero().flatten()  # a misclassified input is never certified
             lo, hi = _box(u2[todo], eps, None, None)
             # run even for no box: the statistics the caller reads are this call's
             out[todo] = _certify_boxes(model, lo, hi, k[todo])
             return out
-        m = interval_margins(model, u2, k, eps)
+        m = _interval_margins(model, u2, k, eps)
         m[torch.arange(len(k)), k] = float("inf")
         return correct & (m.min(dim=1).values > 0)
     raise ConfigurationError(
@@ -287,5 +298,12 @@ def certified_mask(
 def certified_accuracy(
     model: nn.Module, u: Tensor, labels: Tensor, eps: float, method: str = "lipschitz"
 ) -> float:
-    """Fraction of inputs correctly classified and certified at ``eps`` (MATH 6, 9)."""
-    return float(certified_mask(model, u, labels, eps, method).float().mean())
+    """Fraction of inputs correctly classified and certified at ``eps`` (MATH 6, 9).
+
+    ``u``: float pixels in ``[0, 1]`` (uint8 images are refused: convert them with
+    :func:`nemon.training.to_pixels`).
+    """
+    where = "certified_accuracy"
+    eps = check_eps(eps, where)
+    check_pixels(u, where)
+    return float(_certified_mask(model, u, labels, eps, method, None, where).float().mean())
