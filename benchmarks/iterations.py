@@ -96,7 +96,7 @@ def measure(
     x_ref, du_ref, _, _ = _solve(model, "average", REFERENCE_TOL, "step", u, y)
     name = "/".join(path.parent.parts[-3:])
     with torch.no_grad():
-        rho_j = core.jacobi_constants(model.M[None])[0][0]
+        rho_j = core.jacobi_constants(model.M[None])[0]
     row = {"model": name, "rho": model.rho(), "rho_J": rho_j}
     rows = []
     for tol in tols:

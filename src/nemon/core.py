@@ -55,21 +55,18 @@ def step_constants(M: Tensor, T: Tensor, gamma: Tensor) -> tuple[list[float], li
     return alpha, rho
 
 
-def jacobi_constants(M: Tensor) -> tuple[list[float], list[float]]:
-    """Per member ``rho_J = max_i sum_{j != i} |m_ij| / (1 - m_ii)`` and ``max_i 1 / (1 - m_ii)``.
+def jacobi_constants(M: Tensor) -> list[float]:
+    """Per member ``rho_J = max_i sum_{j != i} |m_ij| / (1 - m_ii)``, one sync.
 
-    The contraction factor of the nonlinear Jacobi map in ``||.||_eta`` (MATH 17) and the
-    largest scale of a unit (its rounding, MATH 12), one sync. ``diag A = diag M``.
+    The contraction factor of the nonlinear Jacobi map in ``||.||_eta`` (MATH 17);
+    ``diag A = diag M``.
     """
     diag = M.diagonal(dim1=-2, dim2=-1)
     denom = 1.0 - diag
     _check_jacobi_diagonal(denom)
     off = M.abs()
     off.diagonal(dim1=-2, dim2=-1).zero_()
-    rho, scale = torch.stack(
-        ((off.sum(dim=-1) / denom).amax(dim=-1), denom.reciprocal().amax(dim=-1))
-    )
-    return rho.tolist(), scale.tolist()
+    return (off.sum(dim=-1) / denom).amax(dim=-1).tolist()
 
 
 def _check_jacobi_diagonal(denom: Tensor) -> None:
@@ -145,12 +142,7 @@ def unembed_grad(dE: Tensor, A: Tensor) -> Tensor:
 # --- the implicit layer ---------------------------------------------------------------------
 @dataclass
 class SolveRecord:
-    """What one forward or backward solve of a stack did, for the caller's statistics.
-
-    ``scale``: per member, the factor the step map multiplies its pre-activation by, for the
-    rounding bound of MATH 12: ``alpha`` for the averaged iteration, ``max_i 1 / (1 - a_ii)``
-    for the Jacobi one (MATH 17).
-    """
+    """What one forward or backward solve of a stack did, for the caller's statistics."""
 
     solver: str
     members: list[MemberSolve]
@@ -158,7 +150,6 @@ class SolveRecord:
     rho: list[float]
     last_update: Tensor | None = None  # (K, N, n): for the a-posteriori error bound
     x: Tensor | None = None
-    scale: list[float] | None = None
 
 
 @dataclass
@@ -196,8 +187,7 @@ class Layer(NamedTuple):
     adjoint ``p -> g + (p * J * scale) adj_A``; ``scale`` is None for the averaged iteration
     (``fwd_At = Amat^T``, ``adj_A = Amat``) and ``1 / (1 - diag Amat)`` for the Jacobi one
     (``Amat`` with a zero diagonal, rows scaled by ``scale`` in ``fwd_At``). ``alpha``, ``rho``:
-    per member, the averaging step and the contraction factor of the solver's map;
-    ``round_scale``: :attr:`SolveRecord.scale`.
+    per member, the averaging step and the contraction factor of the solver's map.
     """
 
     A: Tensor
@@ -209,7 +199,6 @@ class Layer(NamedTuple):
     fwd_At: Tensor
     adj_A: Tensor
     scale: Tensor | None
-    round_scale: list[float]
 
 
 def _warm_key(kind: str, t: Tensor) -> tuple:
@@ -243,15 +232,15 @@ def prepare_layer(
         A, M, R = build_A(T, d, gamma)
         Amat = embed(A) if embedded else A
         if solver == "jacobi":
-            rho, round_scale = jacobi_constants(M)
+            rho = jacobi_constants(M)
             A_off, scale = jacobi_split(Amat)
             fwd_At = (A_off * scale[:, :, None]).transpose(1, 2).contiguous()
-            return Layer(A, M, R, [1.0] * len(rho), rho, Amat, fwd_At, A_off, scale, round_scale)
+            return Layer(A, M, R, [1.0] * len(rho), rho, Amat, fwd_At, A_off, scale)
         alpha, rho = step_constants(M, T, gamma)
         if solver == "picard":
             alpha, rho = [1.0] * len(alpha), [math.inf] * len(rho)
         At = Amat.transpose(1, 2).contiguous()
-        return Layer(A, M, R, alpha, rho, Amat, At, Amat, None, alpha)
+        return Layer(A, M, R, alpha, rho, Amat, At, Amat, None)
 
 
 def _solve(spec: LayerSpec, make_F, x0: Tensor, alpha, rho) -> tuple[Tensor, SolveRecord]:
@@ -303,9 +292,7 @@ def scaled_injection(layer: Layer, inj: Tensor) -> Tensor:
 def forward_solve(spec: LayerSpec, layer: Layer, inj: Tensor, x0: Tensor):
     """``x* = relu(Amat x* + inj)`` per member by the spec's solver; ``(x, record)``."""
     make_F = _forward_factory(layer.fwd_At, scaled_injection(layer, inj))
-    x, rec = _solve(spec, make_F, x0, layer.alpha, layer.rho)
-    rec.scale = layer.round_scale
-    return x, rec
+    return _solve(spec, make_F, x0, layer.alpha, layer.rho)
 
 
 def adjoint_solve(spec: LayerSpec, layer: Layer, g: Tensor, J: Tensor, w0: Tensor):
@@ -336,8 +323,8 @@ class ImplicitLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, T: Tensor, d: Tensor | None, inj: Tensor, spec: LayerSpec) -> Tensor:  # type: ignore[override]
         layer = spec.prepared
-        if layer is None:
-            layer = prepare_layer(
+        if layer is None:  # kept in the spec: the caller's error bound may read it
+            layer = spec.prepared = prepare_layer(
                 T, d if spec.weighted else None, spec.gamma, spec.embedded, spec.solver
             )
         with torch.no_grad():

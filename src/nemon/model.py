@@ -12,22 +12,15 @@ import torch
 from torch import Tensor, nn
 
 from . import core
+from ._checks import check_finite, check_pixels
 from .errors import (
     ConfigurationError,
     ConvergenceError,
     NonConvergenceWarning,
-    NonFiniteError,
     PrecisionWarning,
 )
 from .measure import inf_norm
 from .solvers import _TINY, STOP_RULES, SolverStats, get_solver, stop_factor
-
-
-def _check_finite(t: Tensor, what: str, hint: str) -> None:
-    # max |t| is NaN or inf exactly when some entry is: one reduction, cheaper than isfinite().all()
-    if t.numel() and not bool(torch.isfinite(t.abs().amax())):
-        bad = int((~torch.isfinite(t)).sum())
-        raise NonFiniteError(f"{what} contains {bad} non-finite value(s) (NaN or inf); {hint}")
 
 
 def check_positive_int(name: str, val: Any) -> None:
@@ -79,18 +72,24 @@ def input_stats(
                 f"{name} must be a scalar or a vector of length in_features={in_features}, "
                 f"got shape {tuple(t.shape)}"
             )
-        _check_finite(t, name, "give finite dataset statistics")
+        check_finite(t, name, "give finite dataset statistics")
     if not bool((s > 0).all()):
         raise ConfigurationError(f"input_std must be positive, got {std!r}")
     return m, s
 
 
 def flatten_input(
-    u: Tensor, in_features: int, dtype: torch.dtype
+    u: Tensor, in_features: int, dtype: torch.dtype, where: str = "the model"
 ) -> tuple[Tensor, tuple[int, ...]]:
-    """``u`` as rows of ``in_features`` values, and the leading shape to restore."""
+    """``u`` as rows of ``in_features`` values, and the leading shape to restore.
+
+    ``u`` must hold float pixels in ``[0, 1]`` (:func:`nemon._checks.check_pixels`, one
+    reduction; the error names ``where``): a uint8 or 0-255 image would give a number
+    without an error otherwise.
+    """
     if not isinstance(u, Tensor):
-        raise TypeError(f"expected a torch.Tensor input, got {type(u).__name__}")
+        raise TypeError(f"{where}: expected a torch.Tensor input, got {type(u).__name__}")
+    check_pixels(u, where)
     if u.dim() >= 1 and u.shape[-1] == in_features:
         lead = tuple(u.shape[:-1])
     elif u.dim() >= 2 and math.prod(u.shape[1:]) == in_features:
@@ -104,7 +103,6 @@ def flatten_input(
     u2 = u.reshape(-1, in_features)
     if u2.dtype != dtype:
         u2 = u2.to(dtype)
-    _check_finite(u2, "the input u", "inputs must be finite pixel values in [0, 1]")
     return u2, lead
 
 
@@ -460,8 +458,7 @@ class NEMON(nn.Module):
     ) -> Tensor:
         """Per-sample bound on one step's rounding error in ``||.||_eta`` (MATH 12).
 
-        ``alpha``: the factor the step multiplies its pre-activation by, the averaging step
-        or the Jacobi iteration's largest ``1 / (1 - a_ii)`` (MATH 17).
+        ``alpha``: the averaging step (1 for one evaluation of the undamped map).
         """
         dt = x.dtype
         n, m = self.hidden_features, self.in_features
@@ -479,26 +476,49 @@ class NEMON(nn.Module):
         """``max_i sum_j |t_ij|``."""
         return float(self.T.detach().abs().sum(dim=1).max())
 
-    def _rho_safe(self, rho: float, dtype: torch.dtype, t_abs: float, scale: float) -> float:
-        """The solver's contraction factor inflated by the rounding of its constants (MATH 12).
+    def _rho_safe(self, rho: float, dtype: torch.dtype, t_abs: float) -> float:
+        """``rho`` inflated by the rounding of ``alpha*`` and ``mu`` (MATH 12)."""
+        return min(rho + self._mu_slack(dtype, t_abs), 1.0)
 
-        Averaged iteration: ``rho`` plus the rounding of ``alpha*`` and ``mu``. Jacobi
-        (MATH 17): ``rho_J`` plus that slack on every row sum, times its largest scale
-        ``scale = max_i 1 / (1 - a_ii)``, and the rounding of its own sums and quotients.
+    def _mu_slack(self, dtype: torch.dtype, t_abs: float) -> float:
+        """How far the computed ``A``'s measure may exceed ``mu`` by rounding (MATH 12 (c))."""
+        return 2 * core.gamma_k(self.hidden_features + 2, dtype) * (t_abs + abs(self.gamma) + 1.0)
+
+    def _residual_bound(
+        self,
+        x: Tensor,
+        inj: Tensor,
+        u_n: Tensor,
+        Amat: Tensor,
+        embedded: bool,
+        constants: tuple,
+        t_abs: float,
+    ) -> Tensor:
+        """Per-sample ``||x - x*||_eta <= (||F(x) - x||_eta + e) / (1 - mu_+)`` for any ``x``.
+
+        ``F`` is the undamped map ``x -> relu(Amat x + inj)`` (the embedded one, in the pair
+        norm, with ``embedded``), evaluated once more here; ``e`` bounds that evaluation's
+        rounding and ``mu_+`` is inflated by the rounding of ``A`` (MATH 12, 17). The bound of
+        the Jacobi iteration: it holds for any point, and its rounding term is not multiplied
+        by ``1 / (1 - rho_J)``.
         """
-        slack = 2 * core.gamma_k(self.hidden_features + 2, dtype)
-        slack *= t_abs + abs(self.gamma) + 1.0
-        if self.solver == "jacobi":
-            g = core.gamma_k(self.hidden_features + 8, dtype)
-            return min((rho + slack * scale) * (1.0 + g), 1.0)
-        return min(rho + slack, 1.0)
+        with torch.no_grad():
+            r = torch.addmm(inj, x, Amat.transpose(0, 1)).relu_().sub_(x)
+            mu = max(float(self.mu()), 0.0) + self._mu_slack(x.dtype, t_abs)
+            if not mu < 1.0:
+                return torch.full((x.shape[0],), math.inf, dtype=x.dtype, device=x.device)
+            if embedded:
+                x, inj, r = self._pair_abs(x), self._pair_abs(inj), self._pair_abs(r)
+            e = self._rounding(x, inj, u_n, r, 1.0, constants)
+            b = ((r.abs() * constants[0]).amax(dim=-1) + e) / (1.0 - mu)
+            return torch.where(torch.isfinite(b), b, torch.full_like(b, math.inf))
 
     # --- what depends on the weights alone ---------------------------------------------
     def _check_weights(self, *names: str) -> None:
         for name in names:
             if name == "d" and not self.weighted:
                 continue
-            _check_finite(getattr(self, name), name, WEIGHT_HINTS[name])
+            check_finite(getattr(self, name), name, WEIGHT_HINTS[name])
 
     @contextmanager
     def frozen_weights(self) -> Iterator[NEMON]:
@@ -612,15 +632,20 @@ class NEMON(nn.Module):
             bounds = None
         elif rec.rho[0] < 1 and rec.last_update is not None:
             t_abs = frozen.t_abs if frozen is not None else self._t_abs()
-            scale = rec.scale[0]
-            rho = self._rho_safe(rec.rho[0], x.dtype, t_abs, scale)
             xd, last = x.detach(), rec.last_update[0]
             constants = frozen.rounding if frozen is not None else self._rounding_constants()
-            if embedded:
+            if self.solver == "jacobi":
+                Amat = spec.prepared.Amat[0]
+                bounds = self._residual_bound(
+                    xd, inj.detach(), u_n, Amat, embedded, constants, t_abs
+                )
+            elif embedded:
+                rho = self._rho_safe(rec.rho[0], x.dtype, t_abs)
                 inj_n = self._pair_abs(inj).detach()
-                bounds = self._pair_bound(xd, last, inj_n, u_n, scale, rho, constants)
+                bounds = self._pair_bound(xd, last, inj_n, u_n, rec.alpha[0], rho, constants)
             else:
-                e = self._rounding(xd, inj.detach(), u_n, last, scale, constants)
+                rho = self._rho_safe(rec.rho[0], x.dtype, t_abs)
+                e = self._rounding(xd, inj.detach(), u_n, last, rec.alpha[0], constants)
                 bounds = core.per_sample_bound(rho, last, constants[0], e)
         else:
             bounds = torch.full((x.shape[0],), math.inf, dtype=x.dtype, device=x.device)
@@ -636,26 +661,31 @@ class NEMON(nn.Module):
             self._check_weights("B", "b")
         return torch.addmm(self.b, u_n, self.B.t())
 
-    def equilibrium(self, u: Tensor) -> tuple[Tensor, SolverStats]:
-        """Solve ``x* = relu(A x* + B u + b)``; returns ``(x_star, stats)`` (MATH 3, 4)."""
-        u2, lead = flatten_input(u, self.in_features, self.B.dtype)
+    def equilibrium(
+        self, u: Tensor, *, _where: str = "NEMON.equilibrium"
+    ) -> tuple[Tensor, SolverStats]:
+        """Solve ``x* = relu(A x* + B u + b)``; returns ``(x_star, stats)`` (MATH 3, 4).
+
+        ``u``: float pixels in ``[0, 1]`` (anything else is refused, naming the range found).
+        """
+        u2, lead = flatten_input(u, self.in_features, self.B.dtype, _where)
         u_n = self.normalise(u2)
         frozen = self._frozen_state()
         x, stats = self._layer(u_n, self._injection(u_n, frozen), False, frozen)
         return x.reshape(*lead, self.hidden_features), stats
 
     def forward(self, u: Tensor) -> Tensor:
-        x, _ = self.equilibrium(u)
+        x, _ = self.equilibrium(u, _where="NEMON.forward")
         return torch.nn.functional.linear(x, self.C, self.c)
 
     def embedded_equilibrium(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, SolverStats]:
         """``(x_lo*, x_hi*)`` of the embedded map for boxes ``[lo, hi]`` of pixels (MATH 9).
 
-        No widening here: see :func:`nemon.robustness.interval_bounds`, which adds it.
+        No widening here: see :func:`nemon.certificates.interval_bounds`, which adds it.
         Differentiable (MATH 10) with respect to every parameter and to ``lo``, ``hi``.
         """
-        lo2, lead = flatten_input(lo, self.in_features, self.B.dtype)
-        hi2, _ = flatten_input(hi, self.in_features, self.B.dtype)
+        lo2, lead = flatten_input(lo, self.in_features, self.B.dtype, "NEMON.embedded_equilibrium")
+        hi2, _ = flatten_input(hi, self.in_features, self.B.dtype, "NEMON.embedded_equilibrium")
         frozen = self._frozen_state()
         if frozen is None:
             self._check_weights("B")
@@ -691,9 +721,10 @@ class NEMON(nn.Module):
     ) -> tuple[Tensor, SolverStats]:
         """Iterate the embedded map of MATH 9 box by box until each box's question is settled.
 
-        The averaged iteration of :meth:`embedded_equilibrium` (from zeros, at ``alpha*``) on
+        The iteration of :meth:`embedded_equilibrium` (from zeros; averaged at ``alpha*`` or
+        Jacobi's, MATH 17) on
         boxes ``[lo, hi]`` of pixels, ``(N, in_features)``. Every ``every`` iterations, for
-        the boxes still open, with ``w`` the widening of :func:`nemon.robustness.interval_bounds`
+        the boxes still open, with ``w`` the widening of :func:`nemon.certificates.interval_bounds`
         (the a-posteriori bound of MATH 9 with the rounding of MATH 12):
 
         * ``outer = (max(x_lo - w, 0), x_hi + w)`` encloses every equilibrium of the box;
@@ -711,22 +742,23 @@ class NEMON(nn.Module):
         box was checked at, the largest relative step of the boxes the stop rule settled,
         ``converged`` false when some box reached ``max_iter`` (or a non-finite step) unsettled
         (then a :class:`NonConvergenceWarning`, or :class:`ConvergenceError` when ``strict``),
-        ``error_bound`` the largest ``delta`` at the check that settled a box. Averaged
-        iteration only: :func:`nemon.robustness.certified_mask` uses this for
-        ``solver="average"`` and solves to the stop rule otherwise.
+        ``error_bound`` the largest ``delta`` at the check that settled a box. The averaged
+        (MATH 3) or the Jacobi (MATH 17) iteration, as the model's ``solver`` says:
+        :func:`nemon.certificates.certified_mask` uses this for those and solves to the stop
+        rule otherwise.
         """
         check_positive_int("every", every)
         if self.solver not in SETTLING_SOLVERS:
             raise ConfigurationError(
                 f"settle_boxes runs the averaged or the Jacobi iteration, but this model's "
-                f"solver is {self.solver!r}; use nemon.robustness.interval_bounds"
+                f"solver is {self.solver!r}; use nemon.certificates.interval_bounds"
             )
         if lo.shape != hi.shape:
             raise ValueError(
                 f"lo and hi must have the same shape, got {tuple(lo.shape)} and {tuple(hi.shape)}"
             )
-        lo2, _ = flatten_input(lo, self.in_features, self.B.dtype)
-        hi2, _ = flatten_input(hi, self.in_features, self.B.dtype)
+        lo2, _ = flatten_input(lo, self.in_features, self.B.dtype, "NEMON.settle_boxes")
+        hi2, _ = flatten_input(hi, self.in_features, self.B.dtype, "NEMON.settle_boxes")
         N, n, dev = lo2.shape[0], self.hidden_features, lo2.device
         frozen = self._frozen_state()
         if frozen is None:
@@ -736,15 +768,15 @@ class NEMON(nn.Module):
             rounding, t_abs = self._rounding_constants(), self._t_abs()
         else:
             layer, rounding, t_abs = frozen.layer(True), frozen.rounding, frozen.t_abs
-        alpha, rho, a, scale = layer.alpha[0], layer.rho[0], layer.fwd_At[0], layer.round_scale[0]
-        plain = layer.scale is not None  # Jacobi: x <- relu(x a + inj * s), no averaging
+        alpha, rho, a = layer.alpha[0], layer.rho[0], layer.fwd_At[0]
+        jacobi = layer.scale is not None  # x <- relu(x a + inj * s), no averaging (MATH 17)
         self._check_precision(lo2.dtype, rho)
         eta = rounding[0]
         factor = stop_factor(self.stop, rho)
-        rho_safe = self._rho_safe(rho, lo2.dtype, t_abs, scale)
+        rho_safe = self._rho_safe(rho, lo2.dtype, t_abs)
         inj, u_abs = self._box_injection(lo2, hi2)
         inj_abs = self._pair_abs(inj)
-        step_inj = inj * layer.scale[0] if plain else inj
+        step_inj = inj * layer.scale[0] if jacobi else inj
         values = torch.zeros(N, dtype=torch.bool, device=dev)
         widening = torch.zeros(N, dtype=lo2.dtype, device=dev)
         rows = torch.arange(N, device=dev)
@@ -754,14 +786,16 @@ class NEMON(nn.Module):
             if not len(rows):
                 break
             fx = torch.addmm(step_inj, x, a).relu_()
-            x_new = fx if plain else torch.lerp(x, fx, alpha)
+            x_new = fx if jacobi else torch.lerp(x, fx, alpha)
             if k < due and k < self.max_iter:
                 x = x_new
                 continue
             last, x = x_new - x, x_new
             checked, due = k, k + max(every, int(k * SETTLE_GROWTH))
-            if rho_safe < 1:
-                delta = self._pair_bound(x, last, inj_abs, u_abs, scale, rho_safe, rounding)
+            if jacobi:
+                delta = self._residual_bound(x, inj, u_abs, layer.Amat[0], True, rounding, t_abs)
+            elif rho_safe < 1:
+                delta = self._pair_bound(x, last, inj_abs, u_abs, alpha, rho_safe, rounding)
             else:  # no contraction known: nothing is enclosed
                 delta = torch.full_like(x[:, 0], math.inf)
             w = delta[:, None] / eta
@@ -786,6 +820,8 @@ class NEMON(nn.Module):
                 stay = ~leave
                 rows, x = rows[stay], x[stay]
                 step_inj, inj_abs, u_abs = step_inj[stay], inj_abs[stay], u_abs[stay]
+                if jacobi:
+                    inj = inj[stay]
         stats = SolverStats(self.solver, checked, residual, unsettled == 0, alpha, rho, math.nan)
         stats.error_bound = float(widening.max()) if N else 0.0
         if unsettled:
