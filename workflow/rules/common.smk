@@ -1,20 +1,32 @@
 """Helpers shared by the rules: the validated config, the grid, output paths.
 
-The logic lives in the package (nemon.config, nemon.contracts), where it is unit-tested.
+The logic lives in the package (nemon.config, nemon.contracts, nemon.progress), where it is
+unit-tested.
 """
 
 import os
+import shlex
+import signal
+import sys
+import textwrap
+import time
 
 from nemon.config import (
+    check_cores,
     job_environment,
     job_priority,
     load_schema,
+    machine_cores,
+    output_folders,
+    regeneration_message,
     rule_suffix,
+    tracked_files,
     training_groups,
     validate_config,
 )
 from nemon.contracts import OBJECTIVE_AXIS, fmt_float
 from nemon.errors import ConfigurationError
+from nemon.progress import rerun_summary
 from packaging.version import Version
 from snakemake import __version__ as SNAKEMAKE_VERSION
 from snakemake.exceptions import WorkflowError
@@ -142,3 +154,154 @@ def final_targets():
         for ext in ("pdf", "png")
     ]
     return tables + figures
+
+
+# --- before the first job, after the last: what the person at the console is told ------------
+RUN_STARTED = time.time()
+
+
+def runtime_cores():
+    """Snakemake's --cores (None where the command gives none, e.g. --lint)."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return None
+
+
+def check_runtime_settings():
+    """Refuse --cores below 1 before any job: Snakemake would wait for ever at 'Select jobs to
+    execute...'. A note when a local run asks for more cores than the machine has."""
+    if not workflow.is_main_process:
+        return
+    try:
+        note = check_cores(runtime_cores(), machine_cores())
+    except ConfigurationError as e:
+        raise WorkflowError(str(e)) from None
+    # --jobs without --cores (a cluster) sets nodes: not this machine's cores
+    if note and workflow.nodes is None:
+        print(note, file=sys.stderr)
+
+
+def committed_results():
+    """The files of this run's output folders that git tracks (nemon.config.tracked_files): the
+    committed results it would replace. Empty with regenerate: true, and in a job's process.
+    """
+    if config["regenerate"] or not workflow.is_main_process:
+        return []
+    return tracked_files(output_folders(config), os.getcwd())
+
+
+COMMITTED = committed_results()
+
+
+def warn_of_committed_results_in_a_dry_run():
+    if COMMITTED and workflow.output_settings.dryrun:
+        print(regeneration_message(config, COMMITTED, dry_run=True), file=sys.stderr)
+
+
+def refuse_to_replace_committed_results():
+    """onstart (a run with jobs to do, never a dry run or --report): stop before the first job
+    if the run would replace committed results, unless regenerate: true."""
+    if COMMITTED:
+        raise WorkflowError(
+            regeneration_message(config, COMMITTED, cores=runtime_cores())
+        )
+
+
+STOPPED = {}  # the signal that stopped the run, once one has
+
+
+def stop_jobs_at_once_on_signals():
+    """onstart: SIGINT and SIGTERM stop the running jobs now, not after they have finished.
+
+    Snakemake waits for them: on SIGTERM by design ("Will exit after finishing currently
+    running jobs"), and on a SIGINT sent to Snakemake alone (Ctrl-C at a terminal reaches the
+    jobs too) because its jobs never hear of it. Here either signal is passed on as SIGINT to
+    every process Snakemake started, so each job stops within moments (scripts/train.py keeps
+    its last checkpoint, scripts/evaluate.py its evaluated models) and Snakemake stops as on
+    Ctrl-C. Local runs only: on a cluster, Ctrl-C makes Snakemake cancel the jobs itself.
+    """
+    if not workflow.executor_plugin.common_settings.local_exec:
+        return
+    import psutil  # a dependency of Snakemake
+
+    def stop(signum, frame):
+        name = signal.Signals(signum).name
+        if STOPPED:
+            print(f"{name}: already stopping the running jobs", file=sys.stderr)
+            return
+        STOPPED["signal"] = name
+        for job in psutil.Process().children(recursive=True):
+            try:
+                job.send_signal(signal.SIGINT)
+            except psutil.Error:  # ended meanwhile
+                pass
+        print(f"{name}: stopping the running jobs now", file=sys.stderr)
+        raise KeyboardInterrupt  # Snakemake's own way out, as on Ctrl-C
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def restore_signals():
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def report_command():
+    """The command that builds the report of this run's results."""
+    words = ["snakemake", "--report", f"{OUT}report.html"]
+    # the --configfile of the command, a profile's too
+    settings = getattr(workflow, "config_settings", None)
+    files = [os.path.relpath(f) for f in getattr(settings, "configfiles", ())]
+    if files:
+        words += ["--configfile", *files]
+    words += ["--config", f"dataset={config['dataset']}"]
+    if OUT:
+        words.append(f"output_prefix={OUT}")
+    return shlex.join(words)
+
+
+def say_where_the_results_are():
+    """onsuccess: the tables and figures of the run, and the report command."""
+    restore_signals()
+    made = [t for t in final_targets() if os.path.exists(t)]
+    if made:
+        lines = [
+            f"The {config['dataset']} tables and figures:",
+            *(f"  {t}" for t in made),
+        ]
+        lines.append(
+            f"A report with all of them and their captions: {report_command()}"
+        )
+        print("", *lines, sep="\n", file=sys.stderr)
+
+
+def say_what_a_rerun_redoes():
+    """onerror: after a stop by a signal, what a rerun will redo; after prepare_data failed,
+    its message (the log's `error: ...` line), last, where it cannot be missed."""
+    restore_signals()
+    if STOPPED:
+        kept = rerun_summary(f"{OUT}results/{config['dataset']}/models")
+        head = (
+            f"Stopped by {STOPPED['signal']}. No output is left half-written (each is written "
+            "atomically), and the next run makes the stopped jobs' outputs again. Run the same "
+            "command again to go on; it redoes only what is missing"
+        )
+        if kept:
+            lines = [f"{head}, and keeps:", *(f"  {line}" for line in kept)]
+            lines.append("Every other unfinished job starts from its beginning.")
+        else:
+            lines = [
+                f"{head}: every unfinished job starts from its beginning (none had a finished "
+                "epoch or evaluated model to keep)."
+            ]
+        print("", *lines, sep="\n", file=sys.stderr)
+    log = f"{OUT}logs/prepare_data/{config['dataset']}.log"
+    if os.path.exists(log) and os.path.getmtime(log) >= RUN_STARTED:
+        with open(log) as f:
+            lines = [line.strip() for line in f if line.strip()]
+        if lines and lines[-1].startswith("error: "):
+            cause = lines[-1].removeprefix("error: ")
+            message = f"The data set could not be prepared: {cause}"
+            print("", textwrap.fill(message, width=100), sep="\n", file=sys.stderr)

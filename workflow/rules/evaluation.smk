@@ -24,5 +24,8 @@ for _suffix, _exp in EXPERIMENTS.items():
             weights=[float(w) for w in _exp[OBJECTIVE_AXIS[_exp["objective"]][0]]],
             evaluation=config["evaluation"],
             device=config["device"],
+            # the models evaluated so far, kept until the job ends (not an output, so an
+            # interrupted job keeps it): a rerun skips them (nemon.evaluation.PartialEvaluation)
+            partial=f"{group_dir(_exp)}/g{{gamma}}_s{{seed}}.evaluation-partial.json",
         script:
             "../../scripts/evaluate.py"
