@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nemon.errors import ConfigurationError
-from nemon.solvers import SOLVERS, STOP_RULES
+from nemon.solvers import DEFAULT_SOLVER, SOLVERS, STOP_RULES
 from nemon.training import resolve_device
 
 from . import report
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         nargs="+",
         default=PAPER_LAMS,
-        help="lam of each model of the 'nemon stack' rows (average solver, same gamma), "
+        help="lam of each model of the 'nemon stack' rows (the default solver, same gamma), "
         "trained together; K = the number of values",
     )
     a("--no-stack", action="store_true", help="no 'nemon stack' rows")
@@ -202,7 +202,8 @@ def make_configs(args: argparse.Namespace, device: str, with_torchdeq: bool) -> 
         if not args.no_stack:
             lams = tuple(args.stack_lams)
             configs += [
-                RunConfig("nemon", "average", tol, stop=s, lams=lams, **common) for s in args.stop
+                RunConfig("nemon", DEFAULT_SOLVER, tol, stop=s, lams=lams, **common)
+                for s in args.stop
             ]
         if with_torchdeq:
             configs += [

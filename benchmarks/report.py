@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nemon.solvers import DEFAULT_SOLVER
+
 
 def add_floor(rows: list[dict], gflops_model: float, gflops_large: float) -> None:
     """Floor time of each row's epoch and the fraction of it reached (MATH 8), in place.
@@ -40,11 +42,11 @@ def median_run(runs: list[dict]) -> dict:
 
 
 def _is_reference(r: dict, tol: float) -> bool:
-    # nemon's default path on the rule torchdeq shares: one model, averaged iteration, step
+    # nemon's default path on the rule torchdeq shares: one model, its default solver, step
     return (
         r["impl"] == "nemon"
         and r["models"] == 1
-        and r["solver"] == "average"
+        and r["solver"] == DEFAULT_SOLVER
         and r["stop"] == "step"
         and r["tol"] == tol
     )
@@ -65,7 +67,8 @@ class Comparison:
 def compare(rows: list[dict], tol: float, window: float) -> Comparison | None:
     """Compare at ``tol`` the rows of one run; ``None`` when either side has no row.
 
-    nemon's side is its ``average`` solver with ``stop="step"`` on one model;
+    nemon's side is its default solver (``nemon.solvers.DEFAULT_SOLVER``) with
+    ``stop="step"`` on one model;
     torchdeq's side is its fastest configuration with the same stopping rule
     (``batch`` layout) whose test accuracy is within ``window`` of nemon's.
     """
@@ -101,7 +104,7 @@ def format_comparison(cmp: Comparison, window: float) -> str:
         )
         runs = f" (median runs; {fastest:.2f}x from each side's fastest run)"
     return (
-        f"tol {cmp.tol:g}: nemon average/step {n['samples_per_s']:.0f} samples/s (test acc "
+        f"tol {cmp.tol:g}: nemon {n['solver']}/step {n['samples_per_s']:.0f} samples/s (test acc "
         f"{n['test_acc']:.4f}{floor}) vs torchdeq {d['solver']}/{d['stop']} "
         f"{d['samples_per_s']:.0f} samples/s (test acc {d['test_acc']:.4f}, {acc}): "
         f"speed-up {cmp.speedup:.2f}x{runs}"

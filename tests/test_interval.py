@@ -766,10 +766,12 @@ def test_a_settled_box_is_certified_or_refuted_as_its_exact_fixed_point_is(
         assert torch.equal(mask[clear], (exact > 0)[clear])
 
 
+@pytest.mark.parametrize("solver", ["average", "jacobi"])
 @pytest.mark.parametrize("name", ["interval", "lipschitz"])
-def test_settling_box_by_box_certifies_what_the_full_solve_certifies(trained, name):
+def test_settling_box_by_box_certifies_what_the_full_solve_certifies(trained, name, solver):
     models, (u, labels) = trained
-    model = models[name]
+    model = copy.deepcopy(models[name])
+    model.solver = solver
     with torch.no_grad():
         correct = model(u).argmax(dim=1) == labels
     verdicts = set()
@@ -780,8 +782,11 @@ def test_settling_box_by_box_certifies_what_the_full_solve_certifies(trained, na
         full = correct & (m.min(dim=1).values > 0)
         mask, how, sizes = settled(model, u, labels, eps)
         assert torch.equal(mask, full), f"eps={eps}: {int((mask != full).sum())} inputs differ"
-        # and boxes really leave early: checks see fewer and fewer of them
-        assert sizes[0] == int(correct.sum()) and sizes[-1] < sizes[0], sizes
+        # and boxes really leave early: checks see fewer and fewer of them (the Jacobi
+        # iteration may settle every box at its first check)
+        assert sizes[0] == int(correct.sum()) and sizes == sorted(sizes, reverse=True), sizes
+        if solver == "average":
+            assert sizes[-1] < sizes[0], sizes
         verdicts |= set(how.values())
     assert verdicts == {"yes", "no"}  # both kinds of check settle boxes
 

@@ -118,6 +118,8 @@ class AttackResult:
     # the attack's solves started from the last solution (NEMON.warm_starts); False also for
     # a model without that method, whose solves (if any) start cold
     warm_start: bool = False
+    # inputs correctly classified clean that were not attacked: certified at eps (``certified``)
+    certified: int = 0
 
     @property
     def accuracy(self) -> float:
@@ -148,6 +150,7 @@ class AttackResult:
             "version": self.version,
             "n_queries": self.n_queries,
             "warm_start": self.warm_start,
+            "certified": self.certified,
             "wall_time_s": self.wall_time_s,
         }
         for stage, counts in (("attack", self.attack_solves), ("eval", self.eval_solves)):
@@ -244,15 +247,26 @@ def _run_attack(
     min_classes: int = 2,
     image_dtype: torch.dtype | None = None,
     warm_start: bool = False,
+    certified: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, SolveCounts, SolveCounts, float]:
     """Clean check, attack at ``tol``, validity check and final check at ``eval_tol``.
 
     ``attack_fn(prep, idx)`` returns adversarial images for ``prep.x[idx]``
-    (the clean-correct inputs); it runs at ``tol``/``max_iter``, with warm starts
-    if ``warm_start``. The clean and final checks always start cold.
+    (the clean-correct inputs not ``certified``); it runs at ``tol``/``max_iter``, with
+    warm starts if ``warm_start``. The clean and final checks always start cold and see
+    every input.
     """
     if not isinstance(warm_start, bool):
         raise ConfigurationError(f"{name}: warm_start must be True or False, got {warm_start!r}")
+    if certified is not None and (
+        not isinstance(certified, Tensor)
+        or certified.dtype != torch.bool
+        or certified.shape != (len(labels),)
+    ):
+        raise ConfigurationError(
+            f"{name}: certified must be a bool tensor with one flag per input, shape "
+            f"({len(labels)},), got {certified!r}"
+        )
     start = time.perf_counter()
     device, dtype = device_dtype(model, u)
     x = _image_batch(u, image_shape, name) if name == "autoattack" else u
@@ -275,7 +289,8 @@ def _run_attack(
         clean_correct = clean_logits.argmax(dim=1) == y
         prep = _Prepared(inst, x, y, clean_correct, classes, eval_log)
         adv = x.clone()
-        idx = clean_correct.nonzero().flatten()
+        todo = clean_correct if certified is None else clean_correct & ~certified.to(device)
+        idx = todo.nonzero().flatten()
         if idx.numel():
             inst.log = attack_log
             # the attack reads logits and gradients only: its solves skip the error bound
@@ -300,6 +315,13 @@ def _run_attack(
         eval_log,
         wall,
     )
+
+
+def _not_attacked(clean_correct: Tensor, certified: Tensor | None) -> int:
+    """How many clean-correct inputs were left out of the attack as certified."""
+    if certified is None:
+        return 0
+    return int((clean_correct & certified.cpu()).sum())
 
 
 def _common_checks(
@@ -346,6 +368,7 @@ def pgd(
     eval_max_iter: int | None = None,
     batch_size: int = 1000,
     warm_start: bool = False,
+    certified: Tensor | None = None,
 ) -> AttackResult:
     """l_inf PGD with random start and ``restarts`` restarts (MATH 11), via ``torchattacks.PGD``.
 
@@ -374,6 +397,11 @@ def pgd(
     cold). Each step moves the inputs a little, so this saves iterations; the
     results agree with cold starts to the attack's tolerance, not bit for bit.
     The clean, per-restart and final checks start cold either way.
+
+    ``certified``: one flag per input, set where a sound certificate at this ``eps``
+    (MATH 6, 9) proves the input robust. Those inputs are not attacked (no attack can
+    break them); the final check classifies them like the others, so a certificate that
+    were wrong about a misclassified input would still show.
     """
     where = "pgd"
     eps, eval_tol, eval_max_iter = _common_checks(
@@ -427,6 +455,7 @@ def pgd(
         image_shape=None,
         attack_fn=attack_fn,
         warm_start=warm_start,
+        certified=certified,
     )
     return AttackResult(
         attack="pgd",
@@ -447,6 +476,7 @@ def pgd(
         eval_solves=eval_log,
         wall_time_s=wall,
         warm_start=bool(warm_start and supports_warm_start(model)),
+        certified=_not_attacked(clean, certified),
     )
 
 
@@ -566,6 +596,7 @@ def autoattack(
     image_shape: tuple[int, int, int] | None = None,
     batch_size: int = 1000,
     warm_start: bool = False,
+    certified: Tensor | None = None,
 ) -> AttackResult:
     """AutoAttack (Croce and Hein 2020) from torchattacks' public components (MATH 11).
 
@@ -594,7 +625,7 @@ def autoattack(
     dtype. So ``adversarial`` is float32, and the clean inputs are judged after
     rounding to float32 (exact for 8-bit images divided by 255 in float32).
     ``warm_start`` as in :func:`pgd` (Square's queries differ from the best
-    point by one small square, APGD's and FAB's steps are small).
+    point by one small square, APGD's and FAB's steps are small); ``certified`` as there.
     """
     where = "autoattack"
     eps, eval_tol, eval_max_iter = _common_checks(
@@ -656,6 +687,7 @@ def autoattack(
         min_classes=4,
         image_dtype=torch.float32,
         warm_start=warm_start,
+        certified=certified,
     )
     return AttackResult(
         attack="autoattack",
@@ -681,4 +713,5 @@ def autoattack(
         remaining_after=tuple(used.get("remaining", ())),
         component_seconds=tuple(used.get("seconds", ())),
         warm_start=bool(warm_start and supports_warm_start(model)),
+        certified=_not_attacked(clean, certified),
     )

@@ -47,6 +47,8 @@ from .fileio import atomic_write_text
 from .lipschitz_lower import lipschitz_lower_bound
 from .training import to_pixels
 
+CERTIFICATE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
 
 @dataclass(frozen=True)
 class AttackSettings:
@@ -76,9 +78,13 @@ class EvalSettings:
     lower_bound_images: int = 8
     lower_bound_steps: int = 30
     lower_bound_step_size: float = 0.02
-    # PGD's and AutoAttack's solves start from the last solution (NEMON.warm_starts); the
-    # committed results were made with cold starts
+    # PGD's and AutoAttack's solves start from the last solution (NEMON.warm_starts)
     warm_start: bool = False
+    # the dtype the certificates are computed in (MATH 12: in float32 the rounding term of
+    # the error bars costs certified accuracy; in float64 it is negligible)
+    certificate_dtype: str = "float64"
+    # inputs certified at an attack's eps (either certificate) are not attacked (MATH 6)
+    skip_certified: bool = True
 
     def __post_init__(self) -> None:
         for name in ("inversion_eps", "lipschitz_eps", "interval_eps"):
@@ -89,6 +95,11 @@ class EvalSettings:
                 check_eps(e)
             if atk.images < 1 or atk.steps < 1 or atk.restarts < 1:
                 raise ConfigurationError(f"attack settings must be >= 1, got {atk}")
+        if self.certificate_dtype not in CERTIFICATE_DTYPES:
+            raise ConfigurationError(
+                f"certificate_dtype must be one of {sorted(CERTIFICATE_DTYPES)}, got "
+                f"{self.certificate_dtype!r}"
+            )
         if self.autoattack.eps and self.pgd.eps and self.autoattack.images > self.pgd.images:
             raise ConfigurationError(
                 f"autoattack.images={self.autoattack.images} must not exceed pgd.images="
@@ -120,6 +131,8 @@ class EvalSettings:
             lower_bound_steps=cfg["lipschitz_lower"]["steps"],
             lower_bound_step_size=cfg["lipschitz_lower"]["step_size"],
             warm_start=cfg["warm_start"],
+            certificate_dtype=cfg["certificate_dtype"],
+            skip_certified=cfg["skip_certified"],
         )
 
 
@@ -132,11 +145,13 @@ def run_attack(
     settings: EvalSettings,
     *,
     warm_start: bool | None = None,
+    certified: Tensor | None = None,
 ) -> attacks.AttackResult:
     """``name`` ("pgd" or "autoattack") at ``eps`` as the evaluation runs it.
 
     Solver tolerances, budgets and seed from ``settings``; ``warm_start``
-    overrides ``settings.warm_start`` (``python -m nemon.bench.attacks``).
+    overrides ``settings.warm_start``; ``certified`` flags the inputs a certificate proves
+    robust at ``eps``, which are not attacked (:func:`nemon.attacks.pgd`).
     """
     if name not in ("pgd", "autoattack"):
         raise ConfigurationError(f"unknown attack {name!r}; choose pgd or autoattack")
@@ -150,6 +165,7 @@ def run_attack(
         eval_max_iter=s.max_iter,
         batch_size=s.batch_size,
         warm_start=s.warm_start if warm_start is None else warm_start,
+        certified=certified,
     )
     if name == "pgd":
         return attacks.pgd(model, u, labels, eps, steps=atk.steps, restarts=atk.restarts, **common)
@@ -231,19 +247,39 @@ def _evaluate_model(
     def on(i, j):
         return X[i:j].to(dev, dt), Y[i:j].to(dev)
 
-    with model.solver_settings(tol=s.tol, max_iter=s.max_iter, stop="step"), torch.no_grad():
-        # one clean solve per batch: predictions and the Lipschitz certificate's radii
+    # the certificates' copy of the model: the same weights in certificate_dtype (MATH 12)
+    cdt = CERTIFICATE_DTYPES[s.certificate_dtype]
+    cert_model = model if cdt == dt else copy.deepcopy(model).to(cdt)
+
+    def on_cert(i, j):
+        return X[i:j].to(dev, cdt), Y[i:j].to(dev)
+
+    with (
+        model.solver_settings(tol=s.tol, max_iter=s.max_iter, stop="step"),
+        cert_model.solver_settings(tol=s.tol, max_iter=s.max_iter, stop="step"),
+        frozen_weights(cert_model),
+        torch.no_grad(),
+    ):
         t0 = time.perf_counter()
+        if cert_model is model:  # one solve per batch: predictions and the Lipschitz radii
 
-        def clean(i, j):
-            u, y = on(i, j)
-            radius, pred = lipschitz_radius(model, u, y)
-            return radius.cpu(), pred.cpu()
+            def clean(i, j):
+                u, y = on(i, j)
+                radius, pred = lipschitz_radius(model, u, y)
+                return radius.cpu(), pred.cpu()
 
-        outs, clean_bad = _batched(model, X, bs, clean)
-        radius = torch.cat([o[0] for o in outs])
-        pred = torch.cat([o[1] for o in outs])
+            outs, clean_bad = _batched(model, X, bs, clean)
+            radius = torch.cat([o[0] for o in outs])
+            pred = torch.cat([o[1] for o in outs])
+        else:  # predictions from the model as it is, radii from the certificates' copy
+            outs, clean_bad = _batched(model, X, bs, lambda i, j: model(on(i, j)[0]).argmax(1))
+            pred = torch.cat(outs).cpu()
+            outs, _ = _batched(
+                cert_model, X, bs, lambda i, j: lipschitz_radius(cert_model, *on_cert(i, j))[0]
+            )
+            radius = torch.cat(outs).cpu()
         correct = pred == Y
+        radius = torch.where(correct, radius, torch.zeros_like(radius))
         timings["clean+certified_lipschitz"] = time.perf_counter() - t0
         progress(f"clean accuracy {float(correct.double().mean()):.4f}")
 
@@ -277,12 +313,12 @@ def _evaluate_model(
         for eps in s.interval_eps if interval_available else ():
 
             def cert(i, j, eps=eps):
-                u, y = on(i, j)
-                # the clean pass's correctness (the same solves): no second clean solve
-                ok = certified_mask(model, u, y, eps, "interval", correct=correct[i:j])
+                u, y = on_cert(i, j)
+                # the clean pass's correctness: no second clean solve
+                ok = certified_mask(cert_model, u, y, eps, "interval", correct=correct[i:j])
                 return ok.cpu()
 
-            outs, bad = _batched(model, X, bs, cert)
+            outs, bad = _batched(cert_model, X, bs, cert)
             flags["certified_interval", eps] = {
                 "ok": torch.cat(outs),
                 "pred": pred,
@@ -295,6 +331,7 @@ def _evaluate_model(
 
     # the costly attacks, on nested seeded class-stratified subsets
     subsets: dict[str, Tensor] = {}
+    skipped: dict[str, int] = {}
     for name, atk in (("pgd", s.pgd), ("autoattack", s.autoattack)):
         if not atk.eps:
             continue
@@ -304,7 +341,8 @@ def _evaluate_model(
         t0 = time.perf_counter()
         u, y = X[idx].to(dev, dt), Y[idx].to(dev)
         for eps in atk.eps:
-            res = run_attack(model, name, u, y, eps, s)
+            known = _certified_at(flags, eps, N) if s.skip_certified else None
+            res = run_attack(model, name, u, y, eps, s, certified=_on(known, idx))
             ok = torch.zeros(N, dtype=torch.bool)
             ok[idx] = res.robust.cpu()
             with (
@@ -319,8 +357,10 @@ def _evaluate_model(
                 )
             bad = res.attack_solves.unconverged + res.eval_solves.unconverged
             flags[name, eps] = {"ok": ok, "pred": adv_pred, "bad": bad, "idx": idx}
+            skipped[f"{name}@{eps:g}"] = res.certified
             progress(
-                f"{name} at eps {eps}: {res.accuracy:.4f} on {n} images ({res.wall_time_s:.1f} s)"
+                f"{name} at eps {eps}: {res.accuracy:.4f} on {n} images ({res.wall_time_s:.1f} s"
+                f", {res.certified} certified, not attacked)"
             )
         timings[name] = time.perf_counter() - t0
 
@@ -340,9 +380,23 @@ def _evaluate_model(
         "interval_available": interval_available,
         "evaluation_seconds": time.perf_counter() - t_start,
         "timings": timings,
+        "certified_not_attacked": skipped,
         "settings": _settings_dict(s),
     }
     return rows, record
+
+
+def _certified_at(flags: dict, eps: float, n: int) -> Tensor:
+    """Per test input: certified at ``eps`` by either certificate that was computed there."""
+    out = torch.zeros(n, dtype=torch.bool)
+    for cert in ("certified_lipschitz", "certified_interval"):
+        if (cert, eps) in flags:
+            out |= flags[cert, eps]["ok"]
+    return out
+
+
+def _on(mask: Tensor | None, idx: Tensor) -> Tensor | None:
+    return None if mask is None else mask[idx]
 
 
 def _settings_dict(s: EvalSettings) -> dict:

@@ -49,6 +49,8 @@ StepFactory = Callable[[Tensor | None], StepMap]
 ErrNorm = Callable[[Tensor], Tensor]
 
 STOP_RULES = ("step", "bound")
+# what a NEMON solves with unless told otherwise (MATH 17); "average" is the paper's (MATH 3)
+DEFAULT_SOLVER = "jacobi"
 
 # Guards the relative step against an all-zero iterate (x* = 0 is legitimate).
 _TINY = 1e-12
