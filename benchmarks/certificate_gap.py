@@ -51,10 +51,7 @@ from nemon.training import to_pixels
 
 
 def _hidden_matrix(model) -> torch.Tensor:
-    A = getattr(model, "A", None)
-    if A is None:  # the MLP: A = 0 (MATH 16)
-        return torch.zeros(model.hidden_features, model.hidden_features, dtype=torch.float64)
-    return A.detach().double()
+    return model.A.detach().double()  # the MLP's is zero (MATH 16)
 
 
 def exact_margin(model, u, k: int, eps: float, time_limit: float):
@@ -143,7 +140,7 @@ def measure(path: Path, eps: float, images: int, time_limit: float, cache: dict)
     if record.get("objective", "interval") != "interval":
         return None
     model = load_model(path, sha256=record.get("model_sha256"))
-    if not hasattr(model, "embedded_equilibrium") or getattr(model, "kind", "") == "mon":
+    if not model.linf_well_posed:  # a MON: no interval certificate (MATH 9)
         return None
     dataset = record.get("dataset")
     if dataset is None:
@@ -157,7 +154,7 @@ def measure(path: Path, eps: float, images: int, time_limit: float, cache: dict)
     masks = {}
     for name, dtype in (("cert32", torch.float32), ("cert64", torch.float64)):
         m = load_model(path, sha256=None).to(dtype).eval()
-        with m.solver_settings(tol=1e-6 if dtype == torch.float32 else 1e-12, stop="step"):
+        with m.solving(tol=1e-6 if dtype == torch.float32 else 1e-12, stop="step"):
             with torch.no_grad():
                 masks[name] = nemon.certified_mask(m, X.to(dtype), Y, eps, "interval")
                 if dtype == torch.float64:
@@ -167,7 +164,7 @@ def measure(path: Path, eps: float, images: int, time_limit: float, cache: dict)
     verified = counterexamples = still_open = 0
     binaries = []
     t0 = time.perf_counter()
-    with m64.solver_settings(tol=1e-12, stop="step", max_iter=100_000):
+    with m64.solving(tol=1e-12, stop="step", max_iter=100_000):
         for i in torch.nonzero(correct & ~masks["cert64"]).flatten().tolist():
             margin, status, v, nu = exact_margin(m64, X[i].double(), int(Y[i]), eps, time_limit)
             binaries.append(nu)

@@ -32,8 +32,7 @@ PARAMS = ("T", "d", "B", "b", "C")
 
 
 def _grads(model: NEMON, u, y, solver, tol, stop) -> dict[str, torch.Tensor]:
-    model.solver = solver
-    with model.solver_settings(tol=tol, max_iter=100_000, stop=stop):
+    with model.solving(solver=solver, tol=tol, max_iter=100_000, stop=stop):
         loss = nn.functional.cross_entropy(model(u), y)
         names = [p for p in PARAMS if getattr(model, p).requires_grad]
         grads = torch.autograd.grad(loss, [getattr(model, p) for p in names])

@@ -64,8 +64,7 @@ def _record(path: Path) -> dict:
 
 def _solve(model: NEMON, solver: str, tol: float, stop: str, u, y):
     """Forward and adjoint of the mean cross-entropy: (x, du, forward stats, backward stats)."""
-    model.solver = solver
-    with model.solver_settings(tol=tol, max_iter=100_000, stop=stop):
+    with model.solving(solver=solver, tol=tol, max_iter=100_000, stop=stop):
         u = u.clone().requires_grad_(True)
         x, fwd = model.equilibrium(u)
         loss = nn.functional.cross_entropy(nn.functional.linear(x, model.C, model.c), y)

@@ -88,9 +88,8 @@ class ForwardSpy:
         forward = model.forward
 
         def spy(u):
-            state = model.__dict__
-            warm = state.get("_warm") is not None
-            self.calls.append((model.tol, warm, state.get("_error_bounds", True)))
+            settings = model.settings
+            self.calls.append((model.tol, settings.warm_start, settings.error_bounds))
             return forward(u)
 
         monkeypatch.setattr(model, "forward", spy)

@@ -1,6 +1,6 @@
 """What an attack's solves leave out: the error bound, and the activation pattern of a query.
 
-An attack reads logits and input gradients only. ``NEMON.error_bounds(False)`` skips the
+An attack reads logits and input gradients only. ``solving(error_bounds=False)`` skips the
 a-posteriori bound of every solve (MATH 3, 12), and a forward that no backward can
 follow (under ``no_grad``, or nothing requiring a gradient) skips the activation
 pattern ``J`` the backward reads (MATH 4). Neither may change a logit or a gradient by
@@ -46,9 +46,9 @@ def test_without_error_bounds_every_logit_and_gradient_is_the_same_bit_for_bit(
     g = torch.Generator().manual_seed(seed)
     u = torch.rand(6, model.in_features, generator=g, dtype=torch.float64)
     labels = torch.randint(0, model.out_features, (6,), generator=g)
-    with model.frozen_weights() if frozen else model.error_bounds(True):
+    with model.solving(frozen=frozen, error_bounds=True):
         y, grad, fwd, bwd, bounds = logits_and_grad(model, u, labels)
-        with model.error_bounds(False):
+        with model.solving(error_bounds=False):
             y2, grad2, fwd2, bwd2, bounds2 = logits_and_grad(model, u, labels)
     assert torch.equal(y, y2) and torch.equal(grad, grad2)
     assert (fwd.iterations, bwd.iterations) == (fwd2.iterations, bwd2.iterations)
@@ -62,7 +62,7 @@ def test_the_embedded_solve_is_the_same_without_error_bounds():
     lo = torch.rand(5, model.in_features, generator=torch.Generator().manual_seed(1)).double()
     hi = (lo + 0.05).clamp(max=1.0)
     x_lo, x_hi, stats = model.embedded_equilibrium(lo, hi)
-    with model.error_bounds(False):
+    with model.solving(error_bounds=False):
         x_lo2, x_hi2, stats2 = model.embedded_equilibrium(lo, hi)
     assert torch.equal(x_lo, x_lo2) and torch.equal(x_hi, x_hi2)
     assert math.isfinite(stats.error_bound) and math.isnan(stats2.error_bound)
@@ -71,23 +71,24 @@ def test_the_embedded_solve_is_the_same_without_error_bounds():
 def test_error_bounds_nest_restore_and_stay_out_of_copies():
     model = make_model(seed=5, gamma=0.9, tol=1e-6)
     u = torch.rand(3, model.in_features, generator=torch.Generator().manual_seed(2)).double()
-    with model.error_bounds(False):
-        with model.error_bounds(True):  # an inner True computes them again
+    with model.solving(error_bounds=False):
+        with model.solving(error_bounds=True):  # an inner True computes them again
             model(u)
             assert math.isfinite(model.last_forward_stats.error_bound)
         model(u)
         assert model.last_error_bounds is None
         twin = copy.deepcopy(model)
-        assert "_error_bounds" not in twin.__dict__
-        assert "_error_bounds" not in pickle.loads(pickle.dumps(model)).__dict__
+        assert twin.settings.error_bounds
+        assert pickle.loads(pickle.dumps(model)).settings.error_bounds
         twin(u)
         assert twin.last_error_bounds is not None
     model(u)
     assert model.last_error_bounds is not None  # restored on exit
-    for ctx in (model.error_bounds, model.warm_starts):
-        with pytest.raises(ConfigurationError, match="must be True or False, got 'no'"):
-            with ctx("no"):
+    for switch in ("error_bounds", "warm_start", "frozen", "strict", "spend_warnings"):
+        with pytest.raises(ConfigurationError, match=f"{switch} must be True or False, got"):
+            with model.solving(**{switch: "no"}):
                 pass
+    assert model.settings == make_model(seed=5, gamma=0.9, tol=1e-6).settings
 
 
 class _ProductCount(TorchDispatchMode):
@@ -133,7 +134,12 @@ def test_attacks_skip_the_bound_inside_the_attack_only_and_change_nothing(name, 
         return small_attack(name, model, u, labels, steps=6 if name == "pgd" else 4, n_queries=40)
 
     with monkeypatch.context() as mp:  # the reference: every solve bounds its error
-        mp.setattr(attacks, "error_bounds", lambda m, enabled=True: model.error_bounds(True))
+        solving_at = attacks.solving_at
+
+        def bounded(m, tol, max_iter, **kw):
+            return solving_at(m, tol, max_iter, **{**kw, "error_bounds": True})
+
+        mp.setattr(attacks, "solving_at", bounded)
         ref = run()
     spy = ForwardSpy(model, monkeypatch)
     res = run()
@@ -144,4 +150,4 @@ def test_attacks_skip_the_bound_inside_the_attack_only_and_change_nothing(name, 
     assert {b for _, b in calls[1:-1]} == {False}
     assert torch.equal(res.adversarial, ref.adversarial) and torch.equal(res.robust, ref.robust)
     assert res.attack_solves == ref.attack_solves
-    assert model.__dict__.get("_error_bounds", True) is True  # nothing left behind
+    assert model.settings.error_bounds is True  # nothing left behind

@@ -23,7 +23,7 @@ def labelled_inputs(model, n, seed):
     """Random pixels labelled by the model itself, a few labels flipped (misclassified clean)."""
     g = torch.Generator().manual_seed(seed)
     u = torch.rand(n, model.in_features, generator=g, dtype=torch.float64)
-    with torch.no_grad(), model.solver_settings(**TIGHT):
+    with torch.no_grad(), model.solving(**TIGHT):
         labels = model(u).argmax(dim=1)
     labels[:3] = (labels[:3] + 1) % model.out_features
     return u, labels
@@ -36,7 +36,7 @@ def in_ball_and_box(result: AttackResult, u: torch.Tensor) -> bool:
 
 
 def certified(model, u, labels, eps):
-    with model.solver_settings(**TIGHT):
+    with model.solving(**TIGHT):
         return nemon.certified_radius(model, u, labels) > eps
 
 
@@ -250,7 +250,7 @@ def test_unconverged_solves_are_counted_and_the_models_warning_is_left_unspent()
     assert res.attack_solves.forward_unconverged == res.attack_solves.forward_solves > 0
     assert res.attack_solves.backward_unconverged == res.attack_solves.backward_solves > 0
     assert res.eval_solves.unconverged > 0
-    with pytest.warns(NonConvergenceWarning), model.solver_settings(tol=1e-12, max_iter=2):
+    with pytest.warns(NonConvergenceWarning), model.solving(tol=1e-12, max_iter=2):
         model(u)
 
 

@@ -614,8 +614,9 @@ def test_gradient_benchmark_compares_float32_training_gradients_with_float64(tmp
 def test_the_exact_program_finds_the_smallest_margin_over_the_ball():
     from benchmarks.certificate_gap import exact_margin
 
-    model = make_model(seed=2, m=3, n=6, k=3, gamma=0.5, scale=2.0, tol=1e-13, max_iter=100_000)
-    model.solver = "average"
+    model = make_model(
+        seed=2, m=3, n=6, k=3, gamma=0.5, scale=2.0, tol=1e-13, max_iter=100_000, solver="average"
+    )
     g = torch.Generator().manual_seed(0)
     for _ in range(4):
         u = torch.rand(3, dtype=torch.float64, generator=g)

@@ -1,4 +1,4 @@
-"""``NEMON.frozen_weights``: weight-only work built once, with bit-identical results.
+"""``NEMON.solving(frozen=True)``: weight-only work built once, with bit-identical results.
 
 Inside the context a forward reuses the finiteness checks of the weights, ``A``,
 ``alpha*``, ``rho`` (MATH 2-3) and the weights' part of the rounding bound (MATH
@@ -17,8 +17,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nemon
-from nemon._solves import frozen_weights
+import nemon.core
 from nemon.errors import NonFiniteError
+
+
+class Builds:
+    """Counts the layers built from the weights (``A``, ``alpha*``, ``rho``: MATH 2-3)."""
+
+    def __init__(self, monkeypatch):
+        self.n = 0
+        prepare = nemon.core.prepare_layer
+
+        def counted(*args, **kw):
+            self.n += 1
+            return prepare(*args, **kw)
+
+        monkeypatch.setattr(nemon.core, "prepare_layer", counted)
 
 
 def outputs(model, u, lo, hi):
@@ -54,7 +68,7 @@ def test_frozen_forward_equals_plain_forward_bit_for_bit(seed, gamma, weighted, 
     u = torch.rand(5, 12, generator=gen, dtype=dtype)
     lo, hi = (u - 0.05).clamp(0, 1), (u + 0.05).clamp(0, 1)
     plain = outputs(model, u, lo, hi)
-    with model.frozen_weights():
+    with model.solving(frozen=True):
         frozen = outputs(model, u, lo, hi)
         again = outputs(model, u, lo, hi)  # from the cache built by the first
     assert_same(plain, frozen)
@@ -69,7 +83,7 @@ def test_frozen_evaluation_instruments_equal_the_plain_ones():
         nemon.certified_accuracy(model, u, labels, 0.02, method="interval"),
         nemon.interval_bounds(model, (u - 0.02).clamp(0, 1), (u + 0.02).clamp(0, 1))[:2],
     ]
-    with model.frozen_weights():
+    with model.solving(frozen=True):
         frozen = [
             nemon.certified_accuracy(model, u, labels, 0.02, method="interval"),
             nemon.interval_bounds(model, (u - 0.02).clamp(0, 1), (u + 0.02).clamp(0, 1))[:2],
@@ -79,25 +93,27 @@ def test_frozen_evaluation_instruments_equal_the_plain_ones():
         assert torch.equal(a, b)
 
 
-def test_a_weight_changed_in_place_inside_the_context_is_noticed():
+def test_a_weight_changed_in_place_inside_the_context_is_noticed(monkeypatch):
     model = make_model(seed=1, gamma=0.5)
     u = torch.rand(4, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    with model.frozen_weights():
+    builds = Builds(monkeypatch)
+    with model.solving(frozen=True):
         model(u)
-        built = model.__dict__["_frozen"]
+        assert builds.n == 1
         model(u).sum().backward()
+        assert builds.n == 1  # built once for the forwards and the backward
         opt.step()  # in place: every parameter's version counter moves
         y = model(u)
-        assert model.__dict__["_frozen"] is not built
+        assert builds.n == 2
     assert torch.equal(y, model(u))  # the plain path on the new weights
-    with model.frozen_weights():
+    with model.solving(frozen=True):
         model(u)
-        built = model.__dict__["_frozen"]
+        n = builds.n
         with torch.no_grad():
             model.input_std.mul_(2.0)  # a buffer too
         y = model(u)
-        assert model.__dict__["_frozen"] is not built
+        assert builds.n == n + 1
     assert torch.equal(y, model(u))
 
 
@@ -105,7 +121,7 @@ def test_a_weight_changed_in_place_inside_the_context_is_noticed():
 def test_a_non_finite_weight_still_raises_inside_the_context(name):
     model = make_model(seed=2)
     u = torch.rand(3, 12, dtype=torch.float64)
-    with model.frozen_weights():
+    with model.solving(frozen=True):
         model(u)
         with torch.no_grad():
             getattr(model, name).view(-1)[0] = float("nan")
@@ -113,30 +129,44 @@ def test_a_non_finite_weight_still_raises_inside_the_context(name):
             model(u)
 
 
-def test_the_context_nests_and_ends_with_the_outermost():
+def test_the_context_nests_and_ends_with_the_outermost(monkeypatch):
     model = make_model(seed=4)
     u = torch.rand(3, 12, dtype=torch.float64)
-    with model.frozen_weights():
-        with model.frozen_weights():
+    builds = Builds(monkeypatch)
+    with model.solving(frozen=True):
+        with model.solving(frozen=True, tol=1e-9):
             model(u)
-        assert model._frozen_state() is not None  # the outer context still holds
-    assert model._frozen_state() is None
-    assert model.__dict__.get("_frozen") is None
+        model(u)  # the outer context still holds what the inner one built
+        assert builds.n == 1 and model.settings.frozen
+        with model.solving(frozen=False):  # suspended: built per forward
+            model(u)
+            model(u)
+        assert builds.n == 3
+        model(u)
+        assert builds.n == 4  # built again once
+    assert not model.settings.frozen
+    model(u)
+    model(u)
+    assert builds.n == 6
 
 
-def test_copies_start_outside_the_context():
+def test_copies_start_outside_the_context(monkeypatch):
     model = make_model(seed=5)
     u = torch.rand(3, 12, dtype=torch.float64)
-    with model.frozen_weights():
+    with model.solving(frozen=True):
         model(u)
         for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-            assert twin._frozen_state() is None
-            assert "_frozen" not in twin.__dict__
+            assert not twin.settings.frozen
+            builds = Builds(monkeypatch)
             assert torch.equal(twin(u), model(u))
+            twin(u)
+            assert builds.n == 2  # the twin builds per forward, the model not at all
 
 
-def test_frozen_weights_is_a_no_op_for_models_without_one():
-    mlp = nemon.MLP(12, 8, 4)
-    u = torch.rand(3, 12)
-    with frozen_weights(mlp):
-        assert torch.equal(mlp(u), mlp(u))
+def test_frozen_is_recorded_and_changes_nothing_for_the_baselines():
+    for model in (nemon.MLP(12, 8, 4), nemon.MON(12, 8, 4, gamma=0.5, tol=1e-6)):
+        u = torch.rand(3, 12)
+        y = model(u)
+        with model.solving(frozen=True):
+            assert model.settings.frozen and torch.equal(model(u), y)
+        assert not model.settings.frozen

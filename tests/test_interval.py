@@ -52,11 +52,17 @@ def build(seed, gamma, weighted, scale, dtype=F64, normalise=False, **kw):
     return model.to(dtype)
 
 
+def rebuilt(model, dtype=None, **settings):
+    """A copy of ``model`` (same weights, in ``dtype``) built with other solver ``settings``."""
+    twin = type(model)(**{**model.constructor_kwargs(), **settings})
+    twin = twin.to(dtype or next(model.parameters()).dtype)
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
 def reference(model):
     """A float64 copy with the very same weights that solves tightly (the 'true' x*)."""
-    ref = copy.deepcopy(model).double()
-    ref.solver, ref.tol, ref.stop, ref.max_iter = "average", 1e-13, "step", 200_000
-    return ref
+    return rebuilt(model, F64, solver="average", tol=1e-13, stop="step", max_iter=200_000)
 
 
 def tight(ref, v):
@@ -412,7 +418,7 @@ def test_the_widened_bounds_of_a_stopped_iteration_still_enclose(
     lo, hi = ball_box(torch.rand(4, M_IN, generator=g, dtype=dtype), eps)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", nemon.NonConvergenceWarning)
-        with model.solver_settings(**stopped), torch.no_grad():
+        with model.solving(**stopped), torch.no_grad():
             x_lo, x_hi, stats = nemon.interval_bounds(model, lo, hi)
             raw_lo, raw_hi, _ = model.embedded_equilibrium(lo, hi)
     # interval_bounds is the embedded iterate widened by delta / eta (x_lo clipped at 0)
@@ -433,7 +439,7 @@ def test_without_the_widening_a_stopped_iteration_would_not_enclose(solver):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", nemon.NonConvergenceWarning)
         steps = 1 if solver == "jacobi" else 2  # one Jacobi step gets as close as two averaged
-        with model.solver_settings(max_iter=steps), torch.no_grad():
+        with model.solving(max_iter=steps), torch.no_grad():
             raw_lo, raw_hi, stats = model.embedded_equilibrium(lo, hi)
             x_lo, x_hi, _ = nemon.interval_bounds(model, lo, hi)
     assert not stats.converged and stats.iterations == steps
@@ -491,8 +497,7 @@ def trained():
             progress=False,
             **kw,
         )
-        model.tol, model.max_iter = 1e-12, 20_000
-        out[name] = model
+        out[name] = rebuilt(model, tol=1e-12, max_iter=20_000)
     torch.set_num_threads(threads)
     return out, blobs(200, 1)
 
@@ -770,8 +775,7 @@ def test_a_settled_box_is_certified_or_refuted_as_its_exact_fixed_point_is(
 @pytest.mark.parametrize("name", ["interval", "lipschitz"])
 def test_settling_box_by_box_certifies_what_the_full_solve_certifies(trained, name, solver):
     models, (u, labels) = trained
-    model = copy.deepcopy(models[name])
-    model.solver = solver
+    model = rebuilt(models[name], solver=solver)
     with torch.no_grad():
         correct = model(u).argmax(dim=1) == labels
     verdicts = set()
@@ -800,14 +804,13 @@ def test_settle_boxes_leaves_nothing_silent():
         none = torch.zeros(len(rows), dtype=torch.bool)
         return none, none
 
-    model.max_iter = 4
-    with pytest.warns(nemon.NonConvergenceWarning, match="left 6 of 6 box"):
-        values, stats = model.settle_boxes(lo, hi, never, every=2)
-    assert not stats.converged and stats.iterations == 4 and not values.any()
-    model.strict = True
-    with pytest.raises(nemon.ConvergenceError, match="raise max_iter"):
-        model.settle_boxes(lo, hi, never)
-    model.strict, model.max_iter = False, 20_000
+    with model.solving(max_iter=4):
+        with pytest.warns(nemon.NonConvergenceWarning, match="left 6 of 6 box"):
+            values, stats = model.settle_boxes(lo, hi, never, every=2)
+        assert not stats.converged and stats.iterations == 4 and not values.any()
+        with pytest.raises(nemon.ConvergenceError, match="raise max_iter"):
+            with model.solving(strict=True):
+                model.settle_boxes(lo, hi, never)
     values, stats = model.settle_boxes(lo, hi, never)
     assert stats.converged and stats.residual <= model.tol and stats.error_bound < 1e-9
     for every in (0, -1, 1.5, True):
@@ -823,8 +826,8 @@ def test_other_solvers_certify_by_solving_the_whole_batch():
     with torch.no_grad():
         labels = model(u).argmax(dim=1)
     average = nemon.certified_mask(model, u, labels, 0.3, method="interval")
-    model.solver = "anderson"
-    with pytest.raises(nemon.ConfigurationError, match="solver is 'anderson'"):
-        model.settle_boxes(u, u, lambda rows, o, i: (None, None))
-    anderson = nemon.certified_mask(model, u, labels, 0.3, method="interval")
+    with model.solving(solver="anderson"):
+        with pytest.raises(nemon.ConfigurationError, match="solver is 'anderson'"):
+            model.settle_boxes(u, u, lambda rows, o, i: (None, None))
+        anderson = nemon.certified_mask(model, u, labels, 0.3, method="interval")
     assert torch.equal(average, anderson) and bool(average.any()) and not bool(average.all())

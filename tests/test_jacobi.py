@@ -44,8 +44,7 @@ def jacobi_map(model, u):
 
 def solved(model, u, solver, tol=1e-13, stop="step"):
     m = copy.deepcopy(model)
-    m.solver, m.tol, m.stop, m.max_iter = solver, tol, stop, 100_000
-    with torch.no_grad():
+    with m.solving(solver=solver, tol=tol, stop=stop, max_iter=100_000), torch.no_grad():
         x, stats = m.equilibrium(u)
     assert stats.converged, stats
     return x, stats, m
@@ -255,12 +254,13 @@ def test_the_embedded_jacobi_fixed_point_is_math_9s_and_encloses():
     lo, hi = (u - 0.1).clamp(0, 1), (u + 0.1).clamp(0, 1)
     with torch.no_grad():
         lo_a, hi_a, st_a = model.embedded_equilibrium(lo, hi)
-        model.solver = "jacobi"
-        lo_j, hi_j, st_j = model.embedded_equilibrium(lo, hi)
+        with model.solving(solver="jacobi"):
+            lo_j, hi_j, st_j = model.embedded_equilibrium(lo, hi)
         torch.testing.assert_close(lo_j, lo_a, atol=1e-9, rtol=0)
         torch.testing.assert_close(hi_j, hi_a, atol=1e-9, rtol=0)
         assert st_j.iterations * 4 <= st_a.iterations
-        x_lo, x_hi, _ = nemon.interval_bounds(model, lo, hi)
+        with model.solving(solver="jacobi"):
+            x_lo, x_hi, _ = nemon.interval_bounds(model, lo, hi)
         g = torch.Generator().manual_seed(0)
         for _ in range(20):
             v = lo + (hi - lo) * torch.rand(lo.shape, dtype=F64, generator=g)
@@ -278,8 +278,7 @@ def test_settling_boxes_with_jacobi_certifies_what_the_averaged_solve_certifies(
     model.double()
     masks = {}
     for solver in ("average", "jacobi"):
-        model.solver = solver
-        with model.solver_settings(tol=1e-10, stop="step"):
+        with model.solving(solver=solver, tol=1e-10, stop="step"):
             masks[solver] = [
                 nemon.certified_mask(model, X.double(), Y, e, "interval") for e in (0.02, 0.05)
             ]

@@ -12,7 +12,7 @@ from nemon.lipschitz_lower import lipschitz_lower_bound
 
 
 def ratio_of_pair(model, p, q, k):
-    with torch.no_grad(), model.solver_settings(tol=1e-13, max_iter=10_000):
+    with torch.no_grad(), model.solving(tol=1e-13, max_iter=10_000):
         y = model(torch.stack([p, q]).to(model.T.dtype)).double()
     return float((y[1, k] - y[0, k]).abs() / (q - p).abs().max())
 

@@ -163,13 +163,13 @@ def test_solver_settings_apply_inside_and_restore_after():
     model = make_mon(tol=1e-3, max_iter=100)
     u = torch.rand(4, 6, dtype=torch.float64)
     _, loose = model.equilibrium(u)
-    with model.solver_settings(tol=1e-12, max_iter=4000) as m:
+    with model.solving(tol=1e-12, max_iter=4000) as m:
         assert m is model
         _, tight = model.equilibrium(u)
     assert tight.iterations > loose.iterations and tight.residual <= 1e-12
     assert (model.tol, model.max_iter) == (1e-3, 100)
     with pytest.raises(nemon.ConfigurationError, match="tol"):
-        with model.solver_settings(tol=0.0):
+        with model.solving(tol=0.0):
             pass
 
 
@@ -445,7 +445,7 @@ def test_no_l_inf_error_bound_is_claimed():
     assert model.last_stats is stats is model.last_forward_stats
     assert model.last_error_bounds.shape == (5,) and torch.isinf(model.last_error_bounds).all()
     with pytest.raises(nemon.ConfigurationError, match="stop"):
-        with model.solver_settings(stop="bound"):
+        with model.solving(stop="bound"):
             pass
 
 

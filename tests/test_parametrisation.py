@@ -62,6 +62,6 @@ def test_alpha_star_and_rho_follow_math_3(small_model):
     assert math.isclose(small_model.rho(), 1 - (1 - mu_plus) / (1 - amin), rel_tol=1e-9)
     assert 0 <= small_model.rho() < 1
     # the solver's one-sync shortcut gives the same constants
-    alpha, rho = small_model._step_constants()
+    alpha, rho = small_model.step_constants()
     assert math.isclose(alpha, small_model.alpha_star(), rel_tol=1e-12)
     assert math.isclose(rho, small_model.rho(), rel_tol=1e-12)

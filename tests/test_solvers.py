@@ -94,8 +94,8 @@ def test_anderson_needs_fewer_iterations_on_a_slow_contraction():
     u = torch.rand(20, 12, dtype=torch.float64)
     with torch.no_grad():
         _, avg = model.equilibrium(u)
-        model.solver = "anderson"
-        _, aa = model.equilibrium(u)
+        with model.solving(solver="anderson"):
+            _, aa = model.equilibrium(u)
     assert avg.converged and aa.converged
     assert aa.iterations < avg.iterations
 
@@ -189,8 +189,7 @@ def test_picard_non_convergence_is_reported_and_warned_once():
     msgs = [w for w in caught if issubclass(w.category, nemon.NonConvergenceWarning)]
     assert len(msgs) == 1 and "picard" in str(msgs[0].message)
     # the averaged iteration converges on the same problem
-    model.solver = "average"
-    with torch.no_grad():
+    with model.solving(solver="average"), torch.no_grad():
         _, st = model.equilibrium(u)
     assert st.converged and st.alpha == pytest.approx(1 / 3)
 

@@ -59,11 +59,11 @@ def gradient_errors(data, gamma, lam):
         g = torch.autograd.grad(loss, [uu, *m.parameters()])
         return g[0].double(), torch.cat([t.reshape(-1) for t in g[1:]]).double()
 
-    with exact.solver_settings(tol=1e-13, max_iter=100_000, stop="step"):
+    with exact.solving(tol=1e-13, max_iter=100_000, stop="step"):
         gu0, gp0 = grads(exact, u.double())
     out = {}
     for stop, tol in RULES:
-        with model.solver_settings(tol=tol, stop=stop):
+        with model.solving(tol=tol, stop=stop):
             gu, gp = grads(model, u)
         out[stop, tol] = (
             float((gp - gp0).norm() / gp0.norm()),

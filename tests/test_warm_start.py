@@ -1,4 +1,5 @@
-"""``NEMON.warm_starts`` and the attacks' ``warm_start``: fewer iterations, the same fixed point.
+"""``NEMON.solving(warm_start=True)`` and the attacks' ``warm_start``: fewer iterations, the
+same fixed point.
 
 A solve may start anywhere: the averaged map contracts (MATH 3), so it has one fixed
 point and the iteration reaches it from any start, and the stopping rule and error
@@ -43,17 +44,19 @@ def gap(model, a, b):
     start_scale=st.floats(0.0, 100.0),
 )
 def test_any_start_reaches_the_fixed_point_within_the_error_bounds(seed, gamma, start_scale):
-    """An arbitrary remembered start (here a random one) changes nothing but the iterations."""
+    """An arbitrary remembered start (here the equilibrium of other, random biases of size
+    ``start_scale``) changes nothing but the iterations."""
     model = make_model(seed=seed, gamma=gamma, tol=1e-9)
     u = torch.rand(6, model.in_features, generator=torch.Generator().manual_seed(seed))
     u = u.double()
     x_cold, _, b_cold = solve(model, u)
-    with model.warm_starts():
-        key = ("forward", (1, 6, model.hidden_features), torch.float64, torch.device("cpu"))
+    with model.solving(warm_start=True):
+        b = model.b.detach().clone()
         g = torch.Generator().manual_seed(seed + 1)
-        model.__dict__["_warm"][key] = start_scale * torch.randn(
-            1, 6, model.hidden_features, generator=g, dtype=torch.float64
-        )
+        with torch.no_grad():
+            model.b.copy_(start_scale * torch.randn(b.shape, generator=g, dtype=torch.float64))
+            solve(model, u)  # remembered: the start of the next solve of this shape
+            model.b.copy_(b)
         x_warm, stats, b_warm = solve(model, u)
     assert stats.converged
     d = gap(model, x_warm, x_cold)
@@ -66,7 +69,7 @@ def test_a_nearby_input_starts_warm_and_needs_fewer_iterations(gamma):
     u = torch.rand(5, model.in_features, generator=torch.Generator().manual_seed(0)).double()
     v = (u + 1e-3 * torch.randn(u.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
     x_cold, cold, b_cold = solve(model, v)
-    with model.warm_starts():
+    with model.solving(warm_start=True):
         solve(model, u)
         x_warm, warm, b_warm = solve(model, v)
     assert warm.iterations < cold.iterations
@@ -78,16 +81,18 @@ def test_outside_the_context_and_when_suspended_solves_are_cold_bit_for_bit():
     u = torch.rand(4, model.in_features, generator=torch.Generator().manual_seed(2)).double()
     v = (u + 0.01).clamp(0, 1)
     y_cold = model(v)
-    with model.warm_starts():
+    with model.solving(warm_start=True):
         model(u)
-        with model.warm_starts(False):  # suspended: cold
+        with model.solving(warm_start=False):  # suspended: cold
             assert torch.equal(model(v), y_cold)
-        with model.warm_starts():  # nested: the enclosing memory
+            with model.solving(warm_start=True):  # turned on again: a memory of its own
+                assert torch.equal(model(v), y_cold)
+        with model.solving(warm_start=True):  # nested: the enclosing memory
             assert not torch.equal(model(v), y_cold)  # started at u's equilibrium
-        assert model.__dict__["_warm"]  # still remembered after the inner contexts
-        twin = copy.deepcopy(model)
-        assert twin.__dict__.get("_warm") is None and pickle.loads(pickle.dumps(model))
-    assert model.__dict__.get("_warm") is None
+        assert not torch.equal(model(v), y_cold)  # still remembered after the inner contexts
+        for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+            assert not twin.settings.warm_start and torch.equal(twin(v), y_cold)
+    assert not model.settings.warm_start
     assert torch.equal(model(v), y_cold)
 
 
@@ -95,7 +100,7 @@ def test_another_batch_shape_starts_cold():
     model = make_model(seed=6, gamma=0.9, tol=1e-6)
     u = torch.rand(4, model.in_features, generator=torch.Generator().manual_seed(3)).double()
     y_cold = model(u[:3])
-    with model.warm_starts():
+    with model.solving(warm_start=True):
         model(u)  # 4 rows: not a start for 3
         assert torch.equal(model(u[:3]), y_cold)
 
@@ -112,7 +117,7 @@ def test_the_input_gradient_starts_warm_and_agrees_with_the_cold_one():
     labels = torch.arange(5) % model.out_features
     v = (u + 1e-3).clamp(0, 1)
     g_cold, it_cold = grad(v)
-    with model.warm_starts():
+    with model.solving(warm_start=True):
         grad(u)
         g_warm, it_warm = grad(v)
     assert it_warm < it_cold
@@ -137,7 +142,7 @@ def test_attacks_start_warm_inside_the_attack_only(name, monkeypatch):
     assert torch.equal(warm.clean_correct, cold.clean_correct)
     c, w = cold.attack_solves, warm.attack_solves
     assert w.forward_iterations / w.forward_solves < c.forward_iterations / c.forward_solves
-    assert model.__dict__.get("_warm") is None  # nothing left behind
+    assert not model.settings.warm_start  # nothing left behind
     assert abs(warm.accuracy - cold.accuracy) <= 2 / len(labels)
 
 
@@ -149,6 +154,12 @@ def test_a_model_without_warm_starts_runs_cold_and_says_so():
         mlp, u, labels, 0.05, steps=3, restarts=1, seed=0, tol=1e-6, max_iter=100, warm_start=True
     )
     assert res.warm_start is False
+    mon = nemon.MON(M, 8, CLASSES, gamma=0.5, tol=1e-6).double()
+    kw = dict(steps=2, restarts=1, seed=0, tol=1e-6, max_iter=100)
+    warm = attacks.pgd(mon, u, labels, 0.05, warm_start=True, **kw)
+    cold = attacks.pgd(mon, u, labels, 0.05, **kw)
+    assert warm.warm_start is False and torch.equal(warm.adversarial, cold.adversarial)
+    assert warm.attack_solves == cold.attack_solves
     with pytest.raises(ConfigurationError, match="warm_start must be True or False"):
         attacks.pgd(
             mlp,

@@ -6,17 +6,16 @@ so a reader can check that an attack was run as reported. :func:`attack_state` a
 :func:`solving_at` set up the model for an attack (eval mode, no weight gradients, a
 private RNG, the attack's tolerance on the relative step) and restore it afterwards.
 
-A model is anything with the protocol of :class:`nemon.NEMON`: ``model(u)`` takes pixels
-in ``[0, 1]`` and returns logits, differentiable in ``u``; optionally ``solver_settings(tol=,
-max_iter=, stop=)`` (a context manager), ``tol``, the :class:`SolverStats` records
-``last_stats`` / ``last_backward_stats``, and the contexts ``frozen_weights()``,
-``warm_starts(enabled)`` and ``error_bounds(enabled)``. A model without them (a plain MLP)
-is treated as having no solver.
+A model is any ``nn.Module`` whose ``model(u)`` takes pixels in ``[0, 1]`` and returns
+logits, differentiable in ``u``. Those of the model protocol
+(:class:`nemon.protocol.ImplicitModel`: NEMON, MLP, MON) are set up through
+:meth:`~nemon.protocol.ImplicitModel.solving` and have their solves counted from their
+:class:`SolverStats` records; any other module (e.g. a ``torch.nn.Sequential``) is treated
+as having no solver.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import warnings
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import NonConvergenceWarning
+from .protocol import ImplicitModel
 from .solvers import SolverStats
 
 
@@ -106,14 +106,15 @@ class Instrumented(nn.Module):
         self.model = model
         self.dtype = dtype
         self.log = SolveCounts()
-        self._seen_backward = getattr(model, "last_backward_stats", None)
+        # a model of the protocol records its solves; any other module solves nothing
+        self.records = isinstance(model, ImplicitModel)
+        self._seen_backward = model.last_backward_stats if self.records else None
         # torchattacks puts its module back in training mode after each call when it found it
         # so; the wrapper alone starts in eval mode (the model's modes are attack_state's job)
         self.training = False
 
     def _tol(self) -> float | None:
-        tol = getattr(self.model, "tol", None)
-        return None if tol is None else float(tol)
+        return float(self.model.tol) if self.records else None
 
     def forward(self, u: Tensor) -> Tensor:
         # Logits come back in the input's dtype: FAB casts images to float32 and then mixes
@@ -122,16 +123,16 @@ class Instrumented(nn.Module):
         u = u.reshape(u.shape[0], -1).to(self.dtype)
         if u.requires_grad:
             u = _BackwardProbe.apply(u, self)
-        before = getattr(self.model, "last_stats", None)
+        before = self.model.last_forward_stats if self.records else None
         y = self.model(u)
         self.log.calls += 1
-        after = getattr(self.model, "last_stats", None)
+        after = self.model.last_forward_stats if self.records else None
         if after is not None and after is not before:
             self.log.record(after, self._tol(), "forward")
         return y.to(in_dtype)
 
     def note_backward(self) -> None:
-        stats = getattr(self.model, "last_backward_stats", None)
+        stats = self.model.last_backward_stats if self.records else None
         if stats is not None and stats is not self._seen_backward:
             self._seen_backward = stats
             self.log.record(stats, self._tol(), "backward")
@@ -158,18 +159,17 @@ def attack_state(model: nn.Module) -> Iterator[None]:
     Parameters stop requiring gradients so that attacks calling ``.backward()``
     (FAB) leave the model's ``.grad`` alone and no weight gradient is formed.
     NonConvergenceWarning is silenced here because every solve is counted from
-    its SolverStats instead; the model's once-per-model warning is left unspent.
+    its SolverStats instead; the model's once-per-model warning is left unspent
+    (``solving(spend_warnings=False)``), and what depends on the weights alone is
+    built once (``solving(frozen=True)``).
     """
     modes = [(m, m.training) for m in model.modules()]
     needs_grad = [(p, p.requires_grad) for p in model.parameters()]
-    # the record of warnings already given (a flag or a set of keys, mutated in place): the
-    # model's private _warned, as no model offers a public way to spare its warnings yet
-    warned = copy.copy(model.__dict__.get("_warned"))
     try:
         model.eval()
         for p, _ in needs_grad:
             p.requires_grad_(False)
-        with warnings.catch_warnings(), frozen_weights(model):
+        with warnings.catch_warnings(), solving(model, frozen=True, spend_warnings=False):
             warnings.simplefilter("ignore", NonConvergenceWarning)
             with torch.random.fork_rng(devices=_rng_devices()):
                 yield
@@ -178,42 +178,23 @@ def attack_state(model: nn.Module) -> Iterator[None]:
             m.training = mode
         for p, flag in needs_grad:
             p.requires_grad_(flag)
-        if warned is not None:
-            model.__dict__["_warned"] = warned
 
 
-def frozen_weights(model: nn.Module) -> AbstractContextManager:
-    """The model's ``frozen_weights()`` where it has one (NEMON): weight-only work done once."""
-    frozen = getattr(model, "frozen_weights", None)
-    return frozen() if frozen is not None else nullcontext()
-
-
-def warm_starts(model: nn.Module, enabled: bool = True) -> AbstractContextManager:
-    """The model's ``warm_starts(enabled)`` where it has one (NEMON), else nothing."""
-    warm = getattr(model, "warm_starts", None)
-    return warm(enabled) if warm is not None else nullcontext()
-
-
-def error_bounds(model: nn.Module, enabled: bool = True) -> AbstractContextManager:
-    """The model's ``error_bounds(enabled)`` where it has one (NEMON), else nothing."""
-    bounds = getattr(model, "error_bounds", None)
-    return bounds(enabled) if bounds is not None else nullcontext()
+def solving(model: nn.Module, **changes) -> AbstractContextManager:
+    """``model.solving(**changes)`` for a model of the protocol; nothing for any other module."""
+    return model.solving(**changes) if isinstance(model, ImplicitModel) else nullcontext()
 
 
 def supports_warm_start(model: nn.Module) -> bool:
-    return callable(getattr(model, "warm_starts", None))
+    """Whether ``solving(warm_start=True)`` changes where the model's solves start (NEMON)."""
+    return isinstance(model, ImplicitModel) and model.supports_warm_start
 
 
-@contextmanager
-def solving_at(model: nn.Module, tol: float, max_iter: int) -> Iterator[None]:
-    """Solve at ``tol`` on the relative step (MATH 12a), whatever rule the model trained with.
+def solving_at(model: nn.Module, tol: float, max_iter: int, **changes) -> AbstractContextManager:
+    """Solve at ``tol`` on the relative step (MATH 12a), whatever rule the model trained with;
+    ``changes``: more fields of :class:`nemon.protocol.SolveSettings` to set.
 
     The error-bound rule asks for steps of ``tol (1 - rho) / rho``: at ``rho`` near 1 and a
     tight ``tol`` that is below what float32 resolves, and the solve stalls at ``max_iter``.
     """
-    settings = getattr(model, "solver_settings", None)
-    if settings is None:  # no solver: nothing to set
-        yield
-        return
-    with settings(tol=tol, max_iter=max_iter, stop="step"):
-        yield
+    return solving(model, tol=tol, max_iter=max_iter, stop="step", **changes)

@@ -11,9 +11,11 @@ on the relative step (MATH 12a), never at the model's training tolerance or stop
 Every solve they cause is counted in a :class:`SolveCounts` record, non-converged ones
 included, so a reader can check that an attack was run as reported.
 
-A model is anything with the protocol of :class:`nemon.NEMON` (see :mod:`nemon._solves`):
-``model(u)`` takes pixels in ``[0, 1]`` (any shape that flattens to the input size) and
-returns logits, differentiable in ``u``. A model without a solver (a plain MLP) works too.
+A model is any ``nn.Module`` whose ``model(u)`` takes pixels in ``[0, 1]`` (any shape that
+flattens to the input size) and returns logits, differentiable in ``u``: one of the model
+protocol (:class:`nemon.protocol.ImplicitModel`) solves as the attack says and has its
+solves counted (see :mod:`nemon._solves`); any other module (a plain ``torch.nn`` network)
+works too, with no solves to count.
 """
 
 from __future__ import annotations
@@ -43,10 +45,8 @@ from ._solves import (
     SolveCounts,
     attack_state,
     device_dtype,
-    error_bounds,
     solving_at,
     supports_warm_start,
-    warm_starts,
 )
 from .errors import ConfigurationError, NemonError
 
@@ -115,8 +115,8 @@ class AttackResult:
     # AutoAttack: wall seconds spent in each component, summed over batches (the checks
     # between components, one forward each, are not counted)
     component_seconds: tuple[float, ...] = ()
-    # the attack's solves started from the last solution (NEMON.warm_starts); False also for
-    # a model without that method, whose solves (if any) start cold
+    # the attack's solves started from the last solution (``solving(warm_start=True)``); False
+    # also for a model whose solves (if any) start cold whatever it is asked (MLP, MON)
     warm_start: bool = False
     # inputs correctly classified clean that were not attacked: certified at eps (``certified``)
     certified: int = 0
@@ -294,11 +294,7 @@ def _run_attack(
         if idx.numel():
             inst.log = attack_log
             # the attack reads logits and gradients only: its solves skip the error bound
-            with (
-                solving_at(model, tol, max_iter),
-                warm_starts(model, warm_start),
-                error_bounds(model, False),
-            ):
+            with solving_at(model, tol, max_iter, warm_start=warm_start, error_bounds=False):
                 adv[idx] = attack_fn(prep, idx).detach()
         _check_adversarial(adv, x, eps, name)
         _check_adversarial(adv.reshape(u.shape), u, eps, name)
@@ -393,9 +389,10 @@ def pgd(
     drawn per batch); the caller's global RNG state is left untouched.
 
     ``warm_start``: the attack's solves start from the last solution of the same
-    batch shape (:meth:`nemon.model.NEMON.warm_starts`; models without it start
-    cold). Each step moves the inputs a little, so this saves iterations; the
-    results agree with cold starts to the attack's tolerance, not bit for bit.
+    batch shape (``solving(warm_start=True)`` of :class:`nemon.protocol.ImplicitModel`;
+    models without warm starts start cold). Each step moves the inputs a little, so
+    this saves iterations; the results agree with cold starts to the attack's
+    tolerance, not bit for bit.
     The clean, per-restart and final checks start cold either way.
 
     ``certified``: one flag per input, set where a sound certificate at this ``eps``
@@ -435,7 +432,7 @@ def pgd(
             # which inputs this restart broke, judged as the final check judges them
             inst_log = prep.inst.log
             prep.inst.log = prep.eval_log
-            with solving_at(model, eval_tol, eval_max_iter), warm_starts(model, False):
+            with solving_at(model, eval_tol, eval_max_iter, warm_start=False):
                 pred = _predict(prep.inst, out[todo], batch_size).argmax(dim=1)
             prep.inst.log = inst_log
             alive[todo] = pred == prep.labels[idx[todo]]

@@ -17,23 +17,24 @@ any attack at the same ``eps`` on the same inputs (MATH 11).
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from . import core
 from ._checks import check_eps, check_pixels, class_indices
 from .errors import ConfigurationError
-from .model import SETTLING_SOLVERS, flatten_input
+from .model import NEMON, SETTLING_SOLVERS, flatten_input
+from .protocol import ImplicitModel
 
 METHODS = ("lipschitz", "interval")
 
 
-def _class_pair_norms(model: nn.Module) -> Tensor:
+def _class_pair_norms(model: ImplicitModel) -> Tensor:
     """``||(C_k - C_j) diag(eta)^-1||_1`` for every pair of classes ``(k, j)``."""
     Cw = model.C / model.eta[None, :]
     return (Cw[:, None, :] - Cw[None, :, :]).abs().sum(dim=2)
 
 
-def pairwise_lipschitz(model: nn.Module, pair_norms: Tensor | None = None) -> Tensor:
+def pairwise_lipschitz(model: ImplicitModel, pair_norms: Tensor | None = None) -> Tensor:
     """``L_kj = ||(C_k - C_j) diag(eta)^-1||_1 ||diag(eta) B||_inf / (1 - mu_+)`` (MATH 6).
 
     Returns the ``(classes, classes)`` matrix (zero diagonal), pixel units.
@@ -45,7 +46,7 @@ def pairwise_lipschitz(model: nn.Module, pair_norms: Tensor | None = None) -> Te
     return pair_norms * scale
 
 
-def _logit_rounding(model: nn.Module, x_abs: Tensor) -> Tensor:
+def _logit_rounding(model: ImplicitModel, x_abs: Tensor) -> Tensor:
     """Bound on the rounding error of ``y_k - y_j`` computed from ``x`` (MATH 12): ``(N, classes)``.
 
     ``(N, classes)`` of ``g (|C_k| . |x| + |c_k|)``; the pair bound is the sum of two.
@@ -54,7 +55,7 @@ def _logit_rounding(model: nn.Module, x_abs: Tensor) -> Tensor:
     return g * (x_abs @ model.C.abs().t() + model.c.abs())
 
 
-def lipschitz_radius(model: nn.Module, u: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+def lipschitz_radius(model: ImplicitModel, u: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample certified l_inf radius (MATH 6) and the predicted class, from one solve.
 
     ``min_{j != k} (y_k - y_j - slack_kj) / L_kj`` for a correctly classified
@@ -62,8 +63,8 @@ def lipschitz_radius(model: nn.Module, u: Tensor, labels: Tensor) -> tuple[Tenso
     solver's a-posteriori error bound of that sample (``|d(y_k - y_j)| <=
     ||(C_k - C_j) diag(eta)^-1||_1 ||x - x*||_eta``) and the rounding of the
     logits, and ``L`` is inflated by the rounding of its own sums (MATH 12).
-    A model without the l_inf machinery of MATH 6 (no ``mu``, e.g. MON) gets the
-    cruder form ``margin / (2 Lip)`` with its own :meth:`lipschitz_bound`.
+    A model whose parametrisation does not bound the l_inf measure (``linf_well_posed``
+    False: MON) gets the cruder form ``margin / (2 Lip)`` with its own ``lipschitz_bound``.
     ``u``: float pixels in ``[0, 1]``, checked.
     """
     check_pixels(u, "lipschitz_radius")
@@ -72,7 +73,7 @@ def lipschitz_radius(model: nn.Module, u: Tensor, labels: Tensor) -> tuple[Tenso
 
 @torch.no_grad()
 def _lipschitz_radius(
-    model: nn.Module, u: Tensor, labels: Tensor, where: str
+    model: ImplicitModel, u: Tensor, labels: Tensor, where: str
 ) -> tuple[Tensor, Tensor]:
     """:func:`lipschitz_radius` of pixels already checked by the caller ``where``."""
     x, _ = model.equilibrium(u)
@@ -82,7 +83,7 @@ def _lipschitz_radius(
     k = class_indices(labels, y.shape[0], model.out_features, y.device, where)
     pred = y.argmax(dim=1)
     rnd = _logit_rounding(model, x.abs())
-    if hasattr(model, "mu"):
+    if model.linf_well_posed:
         pair_norms = _class_pair_norms(model)
         L = pairwise_lipschitz(model, pair_norms)
         err = pair_norms[k] * bounds[:, None]
@@ -99,7 +100,7 @@ def _lipschitz_radius(
     return torch.where(pred == k, r, torch.zeros_like(r)), pred
 
 
-def certified_radius(model: nn.Module, u: Tensor, labels: Tensor) -> Tensor:
+def certified_radius(model: ImplicitModel, u: Tensor, labels: Tensor) -> Tensor:
     """Per-sample certified l_inf radius in pixel units (MATH 6); see :func:`lipschitz_radius`."""
     check_pixels(u, "certified_radius")
     return _lipschitz_radius(model, u, labels, "certified_radius")[0]
@@ -109,7 +110,7 @@ def _box(u: Tensor, eps: float, lo: Tensor | None, hi: Tensor | None) -> tuple[T
     return (u - eps).clamp(0.0, 1.0), (u + eps).clamp(0.0, 1.0)
 
 
-def interval_bounds(model: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, object]:
+def interval_bounds(model: ImplicitModel, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, object]:
     """Sound bounds ``x_lo <= x*(v) <= x_hi`` for every ``v`` in each box ``[lo, hi]`` (MATH 9).
 
     ``lo``, ``hi``: pixels, same shape (any shape that flattens to
@@ -137,7 +138,7 @@ def interval_bounds(model: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tensor, T
     return _interval_bounds(model, lo, hi)
 
 
-def _interval_bounds(model: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, object]:
+def _interval_bounds(model: ImplicitModel, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, object]:
     """:func:`interval_bounds` of boxes of pixels already checked."""
     x_lo, x_hi, stats = model.embedded_equilibrium(lo, hi)
     delta = model.last_error_bounds
@@ -145,7 +146,7 @@ def _interval_bounds(model: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tensor, 
     return (x_lo - widen).clamp(min=0), x_hi + widen, stats
 
 
-def interval_margins(model: nn.Module, u: Tensor, labels: Tensor, eps: float) -> Tensor:
+def interval_margins(model: ImplicitModel, u: Tensor, labels: Tensor, eps: float) -> Tensor:
     """Lower bounds ``m_kj`` of ``y_k - y_j`` over the l_inf ball of radius ``eps`` (MATH 9).
 
     ``(N, classes)``, ``m_kk = 0``; the ball is clipped to ``[0, 1]`` pixels.
@@ -159,7 +160,7 @@ def interval_margins(model: nn.Module, u: Tensor, labels: Tensor, eps: float) ->
     return _interval_margins(model, u2, k, eps)
 
 
-def _interval_margins(model: nn.Module, u2: Tensor, k: Tensor, eps: float) -> Tensor:
+def _interval_margins(model: ImplicitModel, u2: Tensor, k: Tensor, eps: float) -> Tensor:
     """:func:`interval_margins` of checked pixels ``(N, in_features)`` and labels ``k``."""
     lo, hi = _box(u2, eps, None, None)
     x_lo, x_hi, _ = _interval_bounds(model, lo, hi)
@@ -180,7 +181,7 @@ class _PairMargins:
     ``sum_i (w_i)+ x_lo_i + (w_i)- x_hi_i`` all the same, which is what settling needs.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: ImplicitModel) -> None:
         C = model.C.detach()
         self.model, self.C, self.c = model, C, model.c.detach()
         self.classes = C.shape[0]
@@ -201,7 +202,7 @@ class _PairMargins:
         return m, slack
 
 
-def _certify_boxes(model: nn.Module, lo: Tensor, hi: Tensor, k: Tensor) -> Tensor:
+def _certify_boxes(model: NEMON, lo: Tensor, hi: Tensor, k: Tensor) -> Tensor:
     """Every box certified at label ``k`` (MATH 9), each box iterated only until it is settled.
 
     ``NEMON.settle_boxes`` with ``yes`` where every margin bound of the widened enclosure
@@ -226,7 +227,7 @@ def _certify_boxes(model: nn.Module, lo: Tensor, hi: Tensor, k: Tensor) -> Tenso
 
 @torch.no_grad()
 def certified_mask(
-    model: nn.Module,
+    model: ImplicitModel,
     u: Tensor,
     labels: Tensor,
     eps: float,
@@ -253,7 +254,7 @@ def certified_mask(
 
 @torch.no_grad()
 def _certified_mask(
-    model: nn.Module,
+    model: ImplicitModel,
     u: Tensor,
     labels: Tensor,
     eps: float,
@@ -280,7 +281,7 @@ def _certified_mask(
                 f"input), got {correct.dtype} of shape {tuple(correct.shape)}"
             )
         correct = correct.to(k.device)
-        if getattr(model, "solver", None) in SETTLING_SOLVERS and hasattr(model, "settle_boxes"):
+        if isinstance(model, NEMON) and model.solver in SETTLING_SOLVERS:
             out = torch.zeros_like(correct)
             todo = correct.nonzero().flatten()  # a misclassified input is never certified
             lo, hi = _box(u2[todo], eps, None, None)
@@ -296,7 +297,7 @@ def _certified_mask(
 
 
 def certified_accuracy(
-    model: nn.Module, u: Tensor, labels: Tensor, eps: float, method: str = "lipschitz"
+    model: ImplicitModel, u: Tensor, labels: Tensor, eps: float, method: str = "lipschitz"
 ) -> float:
     """Fraction of inputs correctly classified and certified at ``eps`` (MATH 6, 9).
 

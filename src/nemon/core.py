@@ -171,9 +171,9 @@ class LayerSpec:
     backward: SolveRecord | None = None
     on_backward: object = field(default=None, repr=False)  # callable(SolveRecord) or None
     # the Layer already built from the weights this call passes
-    # (:meth:`nemon.model.NEMON.frozen_weights`); None: built here
+    # (``NEMON.solving(frozen=True)``); None: built here
     prepared: Layer | None = field(default=None, repr=False)
-    # where the solves start (:meth:`nemon.model.NEMON.warm_starts`), per kind and shape, updated
+    # where the solves start (``NEMON.solving(warm_start=True)``), per kind and shape, updated
     # by every solve: forward from the last x*, backward from g + the last (w - g); None: cold,
     # forward from zero and backward from g
     warm: dict | None = field(default=None, repr=False)

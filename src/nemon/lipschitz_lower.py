@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ._checks import check_batch, check_int, check_model, check_positive
 from ._solves import Instrumented, SolveCounts, attack_state, device_dtype, solving_at
+from .protocol import ImplicitModel
 
 # Finite-difference steps tried by lipschitz_lower_bound, largest first: inside one linear
 # region the network is affine, so the largest step that keeps the pattern is the most exact.
@@ -72,17 +73,17 @@ def _class_gradients(inst: Instrumented, U: Tensor, ks: Tensor) -> Tensor:
 def _pattern_reader(model: nn.Module, log: SolveCounts) -> Callable[[Tensor], Tensor] | None:
     """The activation pattern (which ReLUs are active) at a batch of inputs, where readable.
 
-    Implicit layers with the NEMON interface (``equilibrium``, ``A``,
-    ``input_map``; also MON and the MLP with ``A = 0``): ``z* = A x* + B u + b >
-    0``, the pattern ``J`` of MATH 4; ``x* > 0`` would not do, as the averaged
-    iteration leaves inactive units slightly positive. Other models: the inputs
-    of their ``nn.ReLU`` modules. ``None`` when neither applies.
+    Models of the protocol (:class:`nemon.protocol.ImplicitModel`: NEMON, MON and the
+    MLP with ``A = 0``): ``z* = A x* + B u + b > 0``, the pattern ``J`` of MATH 4;
+    ``x* > 0`` would not do, as the averaged iteration leaves inactive units slightly
+    positive. Other models: the inputs of their ``nn.ReLU`` modules. ``None`` when
+    neither applies.
     """
-    if all(hasattr(model, a) for a in ("equilibrium", "A", "input_map")):
+    if isinstance(model, ImplicitModel):
 
         def layer_pattern(v: Tensor) -> Tensor:
             x, stats = model.equilibrium(v)
-            log.record(stats, getattr(model, "tol", None), "forward")
+            log.record(stats, model.tol, "forward")
             B_eff, b_eff = model.input_map()
             return (x @ model.A.t() + v @ B_eff.t() + b_eff) > 0
 
@@ -110,9 +111,9 @@ def _pattern_reader(model: nn.Module, log: SolveCounts) -> Callable[[Tensor], Te
 
 def _output_error(model: nn.Module, k: int) -> float:
     """``|y_k - y_k*| <= ||c_k diag(eta)^-1||_1 * error_bound`` after the last forward solve."""
-    stats = getattr(model, "last_stats", None)
-    if stats is None or not hasattr(model, "C") or not hasattr(model, "eta"):
+    if not isinstance(model, ImplicitModel) or model.last_forward_stats is None:
         return math.nan
+    stats = model.last_forward_stats
     c_norm = float((model.C[k] / model.eta).abs().sum())
     return c_norm * float(stats.error_bound)
 

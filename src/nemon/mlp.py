@@ -10,31 +10,36 @@ propagation), and the Lipschitz bound of MATH 5 reads ``||C||_inf ||B||_inf``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
 from . import core
 from ._checks import check_finite
-from .model import check_positive_int, flatten_input, input_stats
-from .solvers import SolverStats
+from .model import check_positive_int, check_stop, check_tol, flatten_input, input_stats
+from .protocol import ImplicitModel, SolveSettings
+from .solvers import SolverStats, get_solver
+
+# what an MLP solves with: one exact step, whatever its settings ask
+EXACT = SolveSettings(solver="none", tol=0.0, max_iter=1, stop="step")
 
 
-class MLP(nn.Module):
+class MLP(ImplicitModel):
     """One hidden ReLU layer, ``in_features -> hidden_features -> out_features``.
 
-    ``gamma`` is 0 (``A = 0`` has ``mu(A) = 0``); there is no solver, so
-    ``solver_settings`` changes nothing and every solve reports one exact step
-    with an error bound that holds only the rounding of ``B u + b`` (MATH 12).
+    ``gamma`` is 0 (``A = 0`` has ``mu(A) = 0``); there is no solver, so every solve
+    reports one exact step with an error bound that holds only the rounding of
+    ``B u + b`` (MATH 12). :meth:`solving` accepts and records settings like the
+    implicit models' (``settings``) and changes nothing: ``solver``, ``tol``,
+    ``max_iter`` and ``stop`` always say how an MLP solves, ``"none"``, 0, 1, ``"step"``.
     """
 
     kind = "mlp"
+    linf_well_posed = True
     gamma = 0.0
     weighted = False
-    solver = "none"
 
     def __init__(
         self,
@@ -45,7 +50,6 @@ class MLP(nn.Module):
         input_mean: float | Tensor = 0.0,
         input_std: float | Tensor = 1.0,
     ) -> None:
-        super().__init__()
         for name, val in (
             ("in_features", in_features),
             ("hidden_features", hidden_features),
@@ -53,10 +57,7 @@ class MLP(nn.Module):
         ):
             check_positive_int(name, val)
         mean, std = input_stats(input_mean, input_std, in_features)
-        self.in_features = in_features
-        self.hidden_features = hidden_features
-        self.out_features = out_features
-        self.tol, self.max_iter, self.stop = 0.0, 1, "step"
+        super().__init__(in_features, hidden_features, out_features, EXACT)
         self.register_buffer("input_mean", mean)
         self.register_buffer("input_std", std)
         self.B = nn.Parameter(torch.empty(hidden_features, in_features))
@@ -64,9 +65,6 @@ class MLP(nn.Module):
         self.C = nn.Parameter(torch.empty(out_features, hidden_features))
         self.c = nn.Parameter(torch.empty(out_features))
         self.reset_parameters()
-        self.last_forward_stats: SolverStats | None = None
-        self.last_backward_stats: SolverStats | None = None
-        self.last_error_bounds: Tensor | None = None
 
     def reset_parameters(self) -> None:
         """As ``nn.Linear``: uniform in ``+-1/sqrt(fan_in)``, the init of NEMON's ``B, b, C, c``."""
@@ -92,9 +90,33 @@ class MLP(nn.Module):
             "input_std": float(std) if std.dim() == 0 else std.tolist(),
         }
 
+    # --- settings: recorded, and nothing to solve ----------------------------------------
+    def check_settings(self, settings: SolveSettings) -> SolveSettings:
+        """``settings`` checked as a NEMON's would be (``solver`` may also be ``"none"``,
+        ``tol`` also 0: the exact step), though an MLP solves nothing with them."""
+        if settings.solver != "none":
+            get_solver(settings.solver)
+        tol = settings.tol
+        tol = check_tol(tol) if isinstance(tol, bool) or tol != 0 else 0.0
+        check_positive_int("max_iter", settings.max_iter)
+        check_stop(settings.stop)
+        return dataclasses.replace(settings, tol=tol)
+
     @property
-    def last_stats(self) -> SolverStats | None:
-        return self.last_forward_stats
+    def solver(self) -> str:
+        return EXACT.solver
+
+    @property
+    def tol(self) -> float:
+        return EXACT.tol
+
+    @property
+    def max_iter(self) -> int:
+        return EXACT.max_iter
+
+    @property
+    def stop(self) -> str:
+        return EXACT.stop
 
     @property
     def eta(self) -> Tensor:
@@ -109,11 +131,9 @@ class MLP(nn.Module):
     def mu(self) -> Tensor:
         return torch.zeros((), dtype=self.B.dtype, device=self.B.device)
 
-    def alpha_star(self) -> float:
-        return 1.0
-
-    def rho(self) -> float:
-        return 0.0
+    def step_constants(self) -> tuple[float, float]:
+        """``(alpha*, rho) = (1, 0)``: with ``A = 0`` one step of MATH 3 is exact."""
+        return 1.0, 0.0
 
     def normalise(self, u2: Tensor) -> Tensor:
         return (u2 - self.input_mean.to(u2.dtype)) / self.input_std.to(u2.dtype)
@@ -130,13 +150,6 @@ class MLP(nn.Module):
         inv_std = (1.0 / self.input_std).to(self.B.dtype)
         zero = torch.zeros(1, dtype=self.B.dtype, device=self.B.device)
         return core.LipschitzBound.apply(None, None, self.B[None], self.C[None], zero, inv_std)[0]
-
-    @contextmanager
-    def solver_settings(
-        self, *, tol: float | None = None, max_iter: int | None = None, stop: str | None = None
-    ) -> Iterator[MLP]:
-        """Nothing to solve: accepted for interface compatibility, changes nothing."""
-        yield self
 
     def _stats(self, x: Tensor, inj: Tensor, u_n: Tensor) -> SolverStats:
         with torch.no_grad():

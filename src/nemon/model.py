@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,17 +19,13 @@ from .errors import (
     PrecisionWarning,
 )
 from .measure import inf_norm
+from .protocol import ImplicitModel, SolveSettings
 from .solvers import _TINY, DEFAULT_SOLVER, STOP_RULES, SolverStats, get_solver, stop_factor
 
 
 def check_positive_int(name: str, val: Any) -> None:
     if not isinstance(val, int) or isinstance(val, bool) or val < 1:
         raise ConfigurationError(f"{name} must be a positive integer, got {val!r}")
-
-
-def _check_flag(where: str, enabled: Any) -> None:
-    if not isinstance(enabled, bool):
-        raise ConfigurationError(f"{where}(enabled) must be True or False, got {enabled!r}")
 
 
 def check_tol(tol: Any, name: str = "tol") -> float:
@@ -106,7 +101,7 @@ def flatten_input(
     return u2, lead
 
 
-class NEMON(nn.Module):
+class NEMON(ImplicitModel):
     """Non-Euclidean monotone operator network (one implicit layer).
 
     ``forward(u)`` takes pixels in ``[0, 1]`` of any leading shape that
@@ -127,10 +122,15 @@ class NEMON(nn.Module):
     ``"bound"`` (relative a-posteriori error bound <= ``tol``, MATH 12).
     A solve that reaches ``max_iter`` first warns once per model
     (:class:`NonConvergenceWarning`), or raises :class:`ConvergenceError` when
-    ``strict=True``.
+    ``strict=True``. These are the model's :class:`~nemon.protocol.SolveSettings`
+    (``model.settings``), changed for a block with :meth:`solving`, which also freezes the
+    weights' derived quantities, turns warm starts on and error bounds off
+    (:class:`~nemon.protocol.ImplicitModel`).
     """
 
     kind = "nemon"
+    linf_well_posed = True
+    supports_warm_start = True
 
     def __init__(
         self,
@@ -148,7 +148,6 @@ class NEMON(nn.Module):
         stop: str = "step",
         strict: bool = False,
     ) -> None:
-        super().__init__()
         for name, val in (
             ("in_features", in_features),
             ("hidden_features", hidden_features),
@@ -163,27 +162,14 @@ class NEMON(nn.Module):
                 f"gamma must be a finite number below 1 (mu_eta(A) <= gamma < 1 makes the "
                 f"network well posed), got gamma={gamma!r}"
             )
-        get_solver(solver)
-        tol = check_tol(tol)
-        check_positive_int("max_iter", max_iter)
-        stop = check_stop(stop)
-        if solver == "picard" and stop == "bound":
-            raise ConfigurationError(
-                "solver='picard' has no known contraction factor, so stop='bound' can never be "
-                "met; use stop='step' or solver='average'"
-            )
+        settings = self.check_settings(
+            SolveSettings(solver=solver, tol=tol, max_iter=max_iter, stop=stop, strict=bool(strict))
+        )
         mean, std = input_stats(input_mean, input_std, in_features)
 
-        self.in_features = in_features
-        self.hidden_features = hidden_features
-        self.out_features = out_features
+        super().__init__(in_features, hidden_features, out_features, settings)
         self.gamma = gamma
         self.weighted = bool(weighted)
-        self.solver = solver
-        self.tol = tol
-        self.max_iter = max_iter
-        self.stop = stop
-        self.strict = bool(strict)
 
         n, m = hidden_features, in_features
         self.register_buffer("input_mean", mean)
@@ -199,10 +185,21 @@ class NEMON(nn.Module):
         self.c = nn.Parameter(torch.empty(out_features))
         self.reset_parameters()
 
-        self.last_forward_stats: SolverStats | None = None
-        self.last_backward_stats: SolverStats | None = None
-        self.last_error_bounds: Tensor | None = None  # per sample, of the last forward solve
-        self._warned: set[str] = set()
+    def check_settings(self, settings: SolveSettings) -> SolveSettings:
+        """``settings`` checked for a NEMON: a solver of :data:`nemon.solvers.SOLVERS`, a
+        positive finite ``tol``, a positive integer ``max_iter``, a stop rule of
+        :data:`nemon.solvers.STOP_RULES` (not ``"bound"`` with ``"picard"``)."""
+        solver, stop = settings.solver, settings.stop
+        get_solver(solver)
+        tol = check_tol(settings.tol)
+        check_positive_int("max_iter", settings.max_iter)
+        check_stop(stop)
+        if solver == "picard" and stop == "bound":
+            raise ConfigurationError(
+                "solver='picard' has no known contraction factor, so stop='bound' can never be "
+                "met; use stop='step' or solver='average'"
+            )
+        return dataclasses.replace(settings, tol=tol)
 
     def reset_parameters(self) -> None:
         """``T ~ U(-1/n, 1/n)`` keeps ``sum_j |t_ij|`` near 1/2, so ``alpha*`` starts
@@ -242,11 +239,6 @@ class NEMON(nn.Module):
             "stop": self.stop,
         }
 
-    @property
-    def last_stats(self) -> SolverStats | None:
-        """The statistics of the last forward solve (alias of ``last_forward_stats``)."""
-        return self.last_forward_stats
-
     # --- MATH 2: the parametrisation --------------------------------------------------
     def _gamma_t(self) -> Tensor:
         return torch.tensor([self.gamma], dtype=self.T.dtype, device=self.T.device)
@@ -280,16 +272,10 @@ class NEMON(nn.Module):
         t = torch.diagonal(self.T)
         return (t - t.abs()).max() + self.gamma
 
-    def alpha_star(self) -> float:
-        """Largest provably convergent step ``1 / (1 - min_i min(a_ii, 0))`` (MATH 3)."""
-        return self._step_constants()[0]
-
-    def rho(self) -> float:
-        """Contraction factor of the averaged map at ``alpha*`` in ``||.||_eta`` (MATH 3)."""
-        return self._step_constants()[1]
-
-    def _step_constants(self) -> tuple[float, float]:
-        """``(alpha*, rho)`` of MATH 3, with one device sync."""
+    def step_constants(self) -> tuple[float, float]:
+        """``(alpha*, rho)`` of MATH 3, with one device sync: the largest provably convergent
+        step ``1 / (1 - min_i min(a_ii, 0))`` and the contraction factor of the averaged map
+        at ``alpha*`` in ``||.||_eta``."""
         with torch.no_grad():
             A, M, _ = core.build_A(self.T[None], None, self._gamma_t())
             alpha, rho = core.step_constants(M, self.T[None], self._gamma_t())
@@ -352,28 +338,6 @@ class NEMON(nn.Module):
         return L[0]
 
     # --- solving ---------------------------------------------------------------------
-    @contextmanager
-    def solver_settings(
-        self, *, tol: float | None = None, max_iter: int | None = None, stop: str | None = None
-    ) -> Iterator[NEMON]:
-        """Temporarily solve at another ``tol``/``max_iter``/``stop`` (``None`` keeps it).
-
-        Evaluation uses this to solve tighter than training: certificates
-        subtract the a-posteriori error bound, so a loose solve certifies little.
-        """
-        saved = self.tol, self.max_iter, self.stop
-        new_tol = saved[0] if tol is None else check_tol(tol)
-        if max_iter is not None:
-            check_positive_int("max_iter", max_iter)
-        new_stop = saved[2] if stop is None else check_stop(stop)
-        self.tol = new_tol
-        self.max_iter = saved[1] if max_iter is None else max_iter
-        self.stop = new_stop
-        try:
-            yield self
-        finally:
-            self.tol, self.max_iter, self.stop = saved
-
     def _spec(self, embedded: bool = False, frozen: _FrozenWeights | None = None) -> core.LayerSpec:
         return core.LayerSpec(
             gamma=self._gamma_t() if frozen is None else frozen.gamma,
@@ -383,16 +347,11 @@ class NEMON(nn.Module):
             max_iter=self.max_iter,
             stop=self.stop,
             embedded=embedded,
-            keep_last_update=self.__dict__.get("_error_bounds", True),
+            keep_last_update=self.settings.error_bounds,
             grad_enabled=torch.is_grad_enabled(),
             on_backward=self._record_backward,
-            warm=self.__dict__.get("_warm"),
+            warm=self._solve_state.warm,
         )
-
-    def _warn_once(self, key: str, msg: str, category: type[Warning]) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(msg + " [warned once per model]", category, stacklevel=4)
 
     def _check_precision(self, dtype: torch.dtype, rho: float) -> None:
         step_tol = self.tol / stop_factor(self.stop, rho) if self.stop == "bound" else self.tol
@@ -520,81 +479,17 @@ class NEMON(nn.Module):
                 continue
             check_finite(getattr(self, name), name, WEIGHT_HINTS[name])
 
-    @contextmanager
-    def frozen_weights(self) -> Iterator[NEMON]:
-        """Build what depends on the weights alone once for all the solves inside.
+    def _frozen_state(self) -> _FrozenWeights | None:
+        """The weights' derived quantities inside ``solving(frozen=True)``, else None.
 
         Outside it, every forward checks ``T, d, B, b`` for non-finite values and
         rebuilds ``A``, ``alpha*``, ``rho`` (MATH 2-3) and the weights' part of the
         rounding bound (MATH 12): about a third of what a forward costs besides its
-        iterations (``python -m nemon.bench.forward``), paid again by every one of an
-        attack's thousands of forwards.
-        Inside, they are built once per state of the weights, by the same code, so every
-        result is bit-identical. A parameter or buffer changed in place (its version
-        counter moves), replaced, or moved to another dtype or device is noticed and
-        everything is rebuilt; a write through ``.data`` is not noticed and must not
-        happen inside. The attacks of :mod:`nemon.attacks` and
-        :func:`nemon.evaluation.evaluate_model` enter it; it nests.
+        iterations, paid again by every one of an attack's thousands of forwards. Inside,
+        they are built once per state of the weights (the key below), by the same code, so
+        every result is bit-identical.
         """
-        state = self.__dict__
-        state["_frozen_depth"] = state.get("_frozen_depth", 0) + 1
-        try:
-            yield self
-        finally:
-            state["_frozen_depth"] -= 1
-            if not state["_frozen_depth"]:
-                state["_frozen"] = None
-
-    @contextmanager
-    def warm_starts(self, enabled: bool = True) -> Iterator[NEMON]:
-        """Inside, every solve starts where the last solve of its kind and shape ended.
-
-        A forward solve starts from the last ``x*``, a backward one from its gradient
-        ``g`` plus the last solution's ``A^T J w`` (``w - g``, which moves less than
-        ``w``). Outside (and with ``enabled=False``, which suspends an enclosing one) a
-        forward solve starts from zero and a backward one from ``g``. An
-        attack's successive inputs differ a little, so their equilibria do too: starting
-        from the last one saves iterations (``python -m nemon.bench.attacks``). The
-        fixed point, the stopping rule and the error bound do not depend on the start
-        (MATH 3, 12), so results agree with cold starts to the solver's tolerance, not
-        bit for bit. The remembered solutions are dropped on exit; a copy of the model
-        starts without them. Nests.
-        """
-        _check_flag("warm_starts", enabled)
-        state = self.__dict__
-        before = state.get("_warm")
-        state["_warm"] = (before if before is not None else {}) if enabled else None
-        try:
-            yield self
-        finally:
-            state["_warm"] = before
-
-    @contextmanager
-    def error_bounds(self, enabled: bool = True) -> Iterator[NEMON]:
-        """With ``enabled=False``, solves inside compute no a-posteriori error bound.
-
-        Every forward and backward solve bounds its distance to the exact fixed point
-        (MATH 3, 12): per sample, from its last step and the rounding of the step, a dozen
-        small operations and a host synchronisation. An attack's thousands of solves on
-        small batches read only logits and gradients, and there that work is a visible
-        share of a forward (README, "Speed"). Inside, ``stats.error_bound`` is NaN and
-        ``last_error_bounds`` None. The iterates, and so every logit and gradient, are
-        the same bit for bit. ``enabled=True`` restores them inside an enclosing
-        ``error_bounds(False)``. Nests.
-        """
-        _check_flag("error_bounds", enabled)
-        state = self.__dict__
-        before = state.get("_error_bounds", True)
-        state["_error_bounds"] = enabled
-        try:
-            yield self
-        finally:
-            state["_error_bounds"] = before
-
-    def _frozen_state(self) -> _FrozenWeights | None:
-        """The weights' derived quantities inside :meth:`frozen_weights`, else None."""
-        state = self.__dict__
-        if not state.get("_frozen_depth"):
+        if not self.settings.frozen:
             return None
         key = (
             self.gamma,
@@ -602,9 +497,10 @@ class NEMON(nn.Module):
             self.solver,
             *((t.data_ptr(), t._version, t.dtype, t.device) for t in self._solve_weights()),
         )
-        frozen = state.get("_frozen")
+        state = self._solve_state
+        frozen = state.frozen
         if frozen is None or frozen.key != key:
-            frozen = state["_frozen"] = _FrozenWeights(self, key)
+            frozen = state.frozen = _FrozenWeights(self, key)
         return frozen
 
     def _solve_weights(self) -> tuple[Tensor, ...]:
@@ -628,7 +524,7 @@ class NEMON(nn.Module):
         rec = spec.forward
         self._check_precision(x.dtype, rec.rho[0])
         stats = self._report(rec, "forward")
-        if not spec.keep_last_update:  # inside error_bounds(False): none computed
+        if not spec.keep_last_update:  # inside solving(error_bounds=False): none computed
             bounds = None
         elif rec.rho[0] < 1 and rec.last_update is not None:
             t_abs = frozen.t_abs if frozen is not None else self._t_abs()
@@ -839,14 +735,6 @@ class NEMON(nn.Module):
         self.last_forward_stats = stats
         return values, stats
 
-    def __getstate__(self) -> dict[str, Any]:  # a copy starts outside frozen_weights
-        state = super().__getstate__()
-        return {k: v for k, v in state.items() if k not in _CONTEXT_STATE}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:  # keep pickled models usable
-        super().__setstate__(state)
-        self.__dict__.setdefault("_warned", set())
-
 
 # the solvers settle_boxes runs (the others solve to the stop rule: interval_bounds)
 SETTLING_SOLVERS = ("average", "jacobi")
@@ -855,9 +743,6 @@ SETTLING_SOLVERS = ("average", "jacobi")
 SETTLE_GROWTH = 0.1
 # settle_boxes' question: (rows, outer, inner) -> (yes, no), bool tensors over rows
 BoxSettler = Callable[[Tensor, tuple[Tensor, Tensor], tuple[Tensor, Tensor]], tuple[Tensor, Tensor]]
-
-# what the context managers above keep in __dict__: a copy or pickle starts outside them
-_CONTEXT_STATE = ("_frozen", "_frozen_depth", "_warm", "_error_bounds")
 
 WEIGHT_HINTS = {
     "T": "the weights T or d are not finite; the training has diverged",
@@ -868,7 +753,7 @@ WEIGHT_HINTS = {
 
 
 class _FrozenWeights:
-    """What :meth:`NEMON.frozen_weights` builds once per state of the weights."""
+    """What ``NEMON.solving(frozen=True)`` builds once per state of the weights."""
 
     def __init__(self, model: NEMON, key: tuple) -> None:
         model._check_weights("T", "d", "B", "b")

@@ -22,10 +22,9 @@ the same splitting.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,6 +34,7 @@ from ._checks import check_finite
 from .errors import ConfigurationError, ConvergenceError, NonConvergenceWarning
 from .measure import inf_norm, mu_inf
 from .model import check_positive_int, check_tol, flatten_input, input_stats
+from .protocol import ImplicitModel, SolveSettings
 from .solvers import SolverStats
 
 MON_SOLVERS = ("pr", "fb")
@@ -185,7 +185,7 @@ def _check_stop(stop: Any) -> str:
     return stop
 
 
-class MON(nn.Module):
+class MON(ImplicitModel):
     """Monotone operator equilibrium network (Winston and Kolter 2020), the l2 baseline.
 
     Same sizes, units and public interface as :class:`nemon.NEMON`:
@@ -211,10 +211,13 @@ class MON(nn.Module):
     reaches ``max_iter`` above ``tol`` warns once per model and direction
     (:class:`NonConvergenceWarning`), or raises :class:`ConvergenceError` when
     ``strict=True``. The statistics report ``rho = inf`` and ``error_bound = inf``
-    and ``last_error_bounds`` is all ``inf``: no l_inf error bound is claimed.
+    and ``last_error_bounds`` is all ``inf``: no l_inf error bound is claimed. These
+    settings are changed for a block with :meth:`solving`; its ``frozen``, ``warm_start``
+    and ``error_bounds`` are recorded and change nothing here.
     """
 
     kind = "mon"
+    linf_well_posed = False
 
     def __init__(
         self,
@@ -232,7 +235,6 @@ class MON(nn.Module):
         strict: bool = False,
         alpha: float | None = None,
     ) -> None:
-        super().__init__()
         for name, val in (
             ("in_features", in_features),
             ("hidden_features", hidden_features),
@@ -247,27 +249,16 @@ class MON(nn.Module):
                 f"gamma must be a finite number below 1 (m = 1 - gamma > 0 makes I - W "
                 f"strongly monotone, so the network is well posed), got gamma={gamma!r}"
             )
-        if solver not in MON_SOLVERS:
-            raise ConfigurationError(
-                f"unknown MON solver {solver!r}; choose one of {list(MON_SOLVERS)}"
-            )
-        tol = check_tol(tol)
-        check_positive_int("max_iter", max_iter)
-        stop = _check_stop(stop)
+        settings = self.check_settings(
+            SolveSettings(solver=solver, tol=tol, max_iter=max_iter, stop=stop, strict=bool(strict))
+        )
         if alpha is not None:
             alpha = check_tol(alpha, "alpha")
         mean, std = input_stats(input_mean, input_std, in_features)
 
-        self.in_features = in_features
-        self.hidden_features = hidden_features
-        self.out_features = out_features
+        super().__init__(in_features, hidden_features, out_features, settings)
         self.gamma = gamma
         self.m = 1.0 - gamma
-        self.solver = solver
-        self.tol = tol
-        self.max_iter = max_iter
-        self.stop = stop
-        self.strict = bool(strict)
         self.alpha = alpha
 
         n = hidden_features
@@ -281,11 +272,17 @@ class MON(nn.Module):
         self.c = nn.Parameter(torch.empty(out_features))
         self.reset_parameters()
 
-        self.last_forward_stats: SolverStats | None = None
-        self.last_backward_stats: SolverStats | None = None
-        # per sample, of the last forward solve: inf, no l_inf error bound is known
-        self.last_error_bounds: Tensor | None = None
-        self._warned: set[str] = set()
+    def check_settings(self, settings: SolveSettings) -> SolveSettings:
+        """``settings`` checked for a MON: a solver of :data:`MON_SOLVERS`, a positive finite
+        ``tol``, a positive integer ``max_iter`` and ``stop="step"``."""
+        if settings.solver not in MON_SOLVERS:
+            raise ConfigurationError(
+                f"unknown MON solver {settings.solver!r}; choose one of {list(MON_SOLVERS)}"
+            )
+        tol = check_tol(settings.tol)
+        check_positive_int("max_iter", settings.max_iter)
+        _check_stop(settings.stop)
+        return dataclasses.replace(settings, tol=tol)
 
     def reset_parameters(self) -> None:
         """Every weight and bias ``~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, as ``nn.Linear``.
@@ -328,11 +325,6 @@ class MON(nn.Module):
             "alpha": self.alpha,
         }
 
-    @property
-    def last_stats(self) -> SolverStats | None:
-        """The statistics of the last forward solve (alias of ``last_forward_stats``)."""
-        return self.last_forward_stats
-
     # --- the parametrisation ---------------------------------------------------------
     @property
     def W(self) -> Tensor:
@@ -360,7 +352,7 @@ class MON(nn.Module):
         """Unweighted l_inf matrix measure ``max_i (w_ii + sum_{j != i} |w_ij|)`` (MATH 2)."""
         return mu_inf(self.W)
 
-    def _step_constants(self) -> tuple[float, float]:
+    def step_constants(self) -> tuple[float, float]:
         """``(alpha, rho)`` of the l_inf averaged iteration of MATH 3 for ``W``, with ``eta = 1``.
 
         ``alpha = 1 / (1 - min_i min(w_ii, 0))`` and
@@ -368,7 +360,7 @@ class MON(nn.Module):
         ``mu_inf(W) < 1``: only then do the averaged iteration and the interval
         bounds of MATH 9 provably converge on this MON; otherwise the caller must
         report that they do not apply. Nothing in the MON parametrisation
-        enforces it.
+        enforces it: :meth:`rho` is the only way to know.
         """
         with torch.no_grad():
             W = self.W
@@ -376,18 +368,6 @@ class MON(nn.Module):
             w_min, mu = torch.stack((w_min, mu_inf(W))).tolist()
         alpha = 1.0 / (1.0 - w_min)
         return alpha, 1.0 - (1.0 - max(mu, 0.0)) * alpha
-
-    def alpha_star(self) -> float:
-        """Step ``1 / (1 - min_i min(w_ii, 0))`` of the l_inf averaged iteration (MATH 3)."""
-        return self._step_constants()[0]
-
-    def rho(self) -> float:
-        """Contraction factor of the l_inf averaged iteration at :meth:`alpha_star` (MATH 3).
-
-        Below 1 exactly when ``mu_inf(W) < 1``, the only case in which the interval bounds
-        of MATH 9 apply to this MON.
-        """
-        return self._step_constants()[1]
 
     # --- MATH 1: the input map ---------------------------------------------------------
     def normalise(self, u2: Tensor) -> Tensor:
@@ -438,27 +418,6 @@ class MON(nn.Module):
         return bound
 
     # --- solving ---------------------------------------------------------------------
-    @contextmanager
-    def solver_settings(
-        self, *, tol: float | None = None, max_iter: int | None = None, stop: str | None = None
-    ) -> Iterator[MON]:
-        """Temporarily solve at another ``tol``/``max_iter`` (``None`` keeps the current one).
-
-        ``stop`` is accepted for NEMON's signature; only ``"step"`` is valid here.
-        """
-        saved = self.tol, self.max_iter
-        new_tol = saved[0] if tol is None else check_tol(tol)
-        if max_iter is not None:
-            check_positive_int("max_iter", max_iter)
-        if stop is not None:
-            _check_stop(stop)
-        self.tol = new_tol
-        self.max_iter = saved[1] if max_iter is None else max_iter
-        try:
-            yield self
-        finally:
-            self.tol, self.max_iter = saved
-
     def _alpha(self, W: Tensor) -> float:
         if self.alpha is not None:
             return self.alpha
@@ -519,9 +478,7 @@ class MON(nn.Module):
             )
             if self.strict:
                 raise ConvergenceError(msg)
-            if which not in self._warned:
-                self._warned.add(which)
-                warnings.warn(msg + " [warned once per model]", NonConvergenceWarning, stacklevel=4)
+            self._warn_once(which, msg, NonConvergenceWarning, stacklevel=5)
         return z, stats
 
     def equilibrium(
@@ -543,7 +500,3 @@ class MON(nn.Module):
         """Logits of pixels ``u`` in ``[0, 1]`` (checked: uint8 or 0-255 images are refused)."""
         z, _ = self.equilibrium(u, _where="MON.forward")
         return torch.nn.functional.linear(z, self.C, self.c)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:  # keep pickled models usable
-        super().__setstate__(state)
-        self.__dict__.setdefault("_warned", set())
