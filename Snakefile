@@ -6,6 +6,10 @@ snakemake --cores 2 --config dataset=mnist-5k regenerate=true       # replace th
 snakemake --profile profiles/smoke                   # the whole DAG on a tiny grid, under smoke/
 snakemake --profile profiles/slurm                   # on a SLURM cluster
 
+Each experiment of config.yaml has its rules, train_<experiment> and evaluate_<experiment>, and
+its folder, results/<dataset>/models/<experiment>/; profiles give threads and resources to all of
+them under the names train and evaluate (workflow/rules/common.smk).
+
 Before the first job: --cores below 1 is refused, and so is a run that would replace committed
 results (results/<dataset>/ tracked by git) without regenerate=true; a dry run only warns.
 SIGINT or SIGTERM stops the running jobs at once; a rerun resumes (common.smk).

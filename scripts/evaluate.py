@@ -1,4 +1,4 @@
-"""Rule evaluate_<model>_<objective>: every instrument on every model of one training group.
+"""Rule evaluate_<experiment>: every instrument on every model of one training group.
 
 Writes each model's robustness.csv (one row per instrument, eps and input set) and
 evaluation.json (clean accuracy, Lipschitz lower bound, timings, settings). Each model's rows and
@@ -18,6 +18,7 @@ from nemon.contracts import (
     METRICS_SCHEMA,
     ROBUSTNESS_COLUMNS,
     load_model,
+    member_name,
     point_keys,
     read_json_record,
     write_json,
@@ -39,7 +40,7 @@ sys.stderr = sys.stdout = open(smk.log[0], "w", buffering=1)
 w, p = smk.wildcards, smk.params
 # one line per model (and per instrument, throttled) on the console; the log keeps everything
 progress = EvaluationProgress(
-    JobConsole(f"evaluate {p.model}/{p.objective} g{w.gamma} s{w.seed}"), len(p.weights)
+    JobConsole(f"evaluate {p.experiment} g{w.gamma} s{w.seed}"), len(p.weights)
 )
 kept = PartialEvaluation(p.partial)
 stop_on_signals(lambda signal: progress.stopped(signal, len(kept)))
@@ -49,7 +50,6 @@ ds = load_prepared(smk.input.data, expected_name=w.dataset)
 settings = EvalSettings.from_config(p.evaluation)
 prov = provenance(smk.scriptdir, device, smk.threads)
 code = {**prov, "nemon_source": source_digest()}
-axis = "lam" if p.objective == "lipschitz" else "eps_t"
 progress.start(f"{count(len(p.weights), 'model')}, {smk.threads} thread(s)")
 
 
@@ -59,10 +59,12 @@ def instrument_done(line):
 
 
 for k, weight in enumerate(p.weights):
-    keys = point_keys(w.dataset, p.model, p.objective, float(w.gamma), weight, int(w.seed))
+    keys = point_keys(
+        w.dataset, p.experiment, p.model, p.objective, float(w.gamma), weight, int(w.seed)
+    )
     fix = "delete it and rerun snakemake: the training rule rebuilds it"
     metrics = read_json_record(smk.input.metrics[k], METRICS_SCHEMA, expect=keys, fix=fix)
-    name = f"{axis}={weight:g}"
+    name = member_name(p.objective, weight)
     fp = evaluation_fingerprint(settings, metrics["model_sha256"], keys, ds.test_x, ds.test_y, code)
     print(f"== {keys}")
     if (done := kept.get(name, fp)) is not None:

@@ -13,23 +13,29 @@ import torch
 
 import nemon
 from nemon.aggregate import NotConvergedError, OrderingError, summarise
+from nemon.config import load_schema
 from nemon.contracts import (
     EVALUATION_SCHEMA,
+    EXPERIMENT_PATTERN,
+    FOLDER_KEYS,
     METRICS_SCHEMA,
+    OBJECTIVE_AXIS,
+    POINT_KEYS,
     ROBUSTNESS_COLUMNS,
     keys_from_path,
     load_model,
+    member_name,
     point_dir,
     point_keys,
     read_json_record,
     save_model,
     write_json,
 )
-from nemon.errors import CorruptFileError
+from nemon.errors import ConfigurationError, CorruptFileError
 from nemon.evaluation import EvalSettings, evaluate_model
 from nemon.training import to_pixels
 
-KEYS = point_keys("mnist-5k", "nemon", "lipschitz", 0.5, 1e-3, 0)
+KEYS = point_keys("mnist-5k", "paper", "nemon", "lipschitz", 0.5, 1e-3, 0)
 
 
 @pytest.fixture
@@ -84,12 +90,36 @@ def test_every_model_kind_round_trips(kind, tmp_path):
     torch.testing.assert_close(back(u), model(u))
 
 
-def test_folders_name_their_grid_points():
-    d = point_dir("smoke/results", "mnist-5k", "nemon", "interval", 0.0, 0.1, 3)
-    assert d == "smoke/results/mnist-5k/models/nemon/interval/g0.0_e0.1_s3"
-    assert keys_from_path(d + "/metrics.json") == point_keys(
-        "mnist-5k", "nemon", "interval", 0.0, 0.1, 3
-    )
+def test_folders_name_their_grid_points_by_experiment():
+    d = point_dir("smoke/results", "mnist-5k", "followup-mlp", "interval", 0.0, 0.1, 3)
+    assert d == "smoke/results/mnist-5k/models/followup-mlp/g0.0_e0.1_s3"
+    keys = point_keys("mnist-5k", "followup-mlp", "mlp", "interval", 0.0, 0.1, 3)
+    assert keys["experiment"] == "followup-mlp" and list(keys) == POINT_KEYS
+    # the folder names every key but the model (the records name it)
+    assert keys_from_path(d + "/metrics.json") == {k: keys[k] for k in FOLDER_KEYS}
+    assert FOLDER_KEYS == [k for k in POINT_KEYS if k != "model"]
+    d = point_dir("results", "fashion-mnist", "paper", "lipschitz", 0.9, 1e-4, 0)
+    assert d == "results/fashion-mnist/models/paper/g0.9_l0.0001_s0"
+    assert keys_from_path(d + "/robustness.csv")["lam"] == 1e-4
+
+
+def test_a_file_of_the_old_model_objective_layout_is_refused_naming_the_layout():
+    with pytest.raises(ConfigurationError, match=r"models/<experiment>/<point>/"):
+        keys_from_path("results/mnist-5k/models/nemon/lipschitz/g0.5_l0.001_s0/metrics.json")
+
+
+def test_member_names_follow_the_objectives_axis():
+    assert member_name("lipschitz", 1e-3) == "lam=0.001"
+    assert member_name("interval", 0.1) == "eps_t=0.1"
+    assert {o: member_name(o, 0.0).split("=")[0] for o in OBJECTIVE_AXIS} == {
+        o: axis for o, (axis, _) in OBJECTIVE_AXIS.items()
+    }
+
+
+def test_the_records_and_the_config_schema_allow_the_same_experiment_names():
+    schema = load_schema()
+    assert schema["properties"]["experiments"]["propertyNames"]["pattern"] == EXPERIMENT_PATTERN
+    assert METRICS_SCHEMA["properties"]["experiment"]["pattern"] == EXPERIMENT_PATTERN
 
 
 def metrics_record():
@@ -133,6 +163,14 @@ BAD_RECORDS = {
     "missing_bound": (METRICS_SCHEMA, metrics_record, {"lipschitz_bound": None}, "lipschitz_bound"),
     "gamma_of_another_folder": (METRICS_SCHEMA, metrics_record, {"gamma": 0.9}, "gamma is 0.9"),
     "seed_of_another_folder": (EVALUATION_SCHEMA, evaluation_record, {"seed": 4}, "seed is 4"),
+    "experiment_of_another_folder": (
+        METRICS_SCHEMA,
+        metrics_record,
+        {"experiment": "certified"},
+        "experiment is 'certified' but its folder says 'paper'",
+    ),
+    "no_experiment": (EVALUATION_SCHEMA, evaluation_record, {"experiment": None}, "experiment"),
+    "experiment_no_folder": (METRICS_SCHEMA, metrics_record, {"experiment": "a/b"}, "experiment"),
     "nan_bound": (METRICS_SCHEMA, metrics_record, {"lipschitz_bound": float("nan")}, "lipschitz"),
     "bad_hash": (METRICS_SCHEMA, metrics_record, {"model_sha256": "xyz"}, "model_sha256"),
 }
@@ -188,14 +226,20 @@ def tiny_evaluation(tmp_path_factory):
     return model, x, y, settings, tmp_path_factory.mktemp("agg")
 
 
-def lay_out(root, model, rows, record):
-    d = root / point_dir("results", "mnist-5k", "nemon", "lipschitz", 0.5, 1e-3, 0)
+def lay_out(root, model, rows, record, experiment="paper", evaluated_as=None):
+    """One model's three files in its folder; ``evaluated_as``: another model key in the
+    evaluation's files (a mix-up)."""
+    keys = {**KEYS, "experiment": experiment}
+    d = root / point_dir("results", "mnist-5k", experiment, "lipschitz", 0.5, 1e-3, 0)
     d.mkdir(parents=True, exist_ok=True)
-    metrics = metrics_record()
+    metrics = {**metrics_record(), **keys}
     metrics["model_sha256"] = save_model(model, d / "model.pt")
     write_json(d / "metrics.json", metrics)
-    write_json(d / "evaluation.json", {**KEYS, **record, "provenance": {}})
-    pd.DataFrame(rows).assign(**KEYS)[ROBUSTNESS_COLUMNS].to_csv(d / "robustness.csv", index=False)
+    evaluated = {**keys, "model": evaluated_as or keys["model"]}
+    write_json(d / "evaluation.json", {**evaluated, **record, "provenance": {}})
+    pd.DataFrame(rows).assign(**evaluated)[ROBUSTNESS_COLUMNS].to_csv(
+        d / "robustness.csv", index=False
+    )
     return [str(d / n) for n in ("metrics.json", "evaluation.json", "robustness.csv")]
 
 
@@ -229,7 +273,39 @@ def test_a_broken_ordering_is_refused_naming_the_model(tiny_evaluation):
         if r["attack"] == "certified_lipschitz" and r["eps"] == 0.05 and r["inputs"] != "test":
             r["accuracy"] = 1.0
     files = lay_out(root / "bad", model, bad, record)
-    with pytest.raises(OrderingError, match=r"nemon.*certified_lipschitz 1\.0000 >"):
+    with pytest.raises(OrderingError, match=r"paper.*nemon.*certified_lipschitz 1\.0000 >"):
+        summarise([files[0]], [files[1]], [files[2]])
+
+
+def test_two_experiments_of_one_model_and_objective_are_two_rows_checked_apart(tiny_evaluation):
+    """Experiments 'again' and 'paper' hold the same model, objective, gamma, lam and seed:
+    both get their rows, keyed by experiment, and a broken ordering in the second is found
+    (keyed without the experiment, the first one's rows would hide it)."""
+    model, x, y, settings, root = tiny_evaluation
+    rows, record = evaluate_model(model, x, y, settings)
+    bad = [dict(r) for r in rows]
+    for r in bad:
+        if r["attack"] == "certified_lipschitz" and r["eps"] == 0.05 and r["inputs"] != "test":
+            r["accuracy"] = 1.0
+    ok = lay_out(root / "two", model, rows, record, experiment="again")
+    files = lay_out(root / "two", model, rows, record, experiment="paper")
+    summary, rob = summarise([ok[0], files[0]], [ok[1], files[1]], [ok[2], files[2]])
+    assert list(summary["experiment"]) == ["again", "paper"]
+    rest = summary.drop(columns="experiment")
+    assert rest.iloc[0].equals(rest.iloc[1])  # the same model in all but the experiment
+    assert set(rob["experiment"]) == {"again", "paper"} and len(rob) == 2 * len(rows)
+    files = lay_out(root / "two", model, bad, record, experiment="paper")
+    with pytest.raises(OrderingError, match=r"^1 ordering.*experiment paper: .*certified_lips"):
+        summarise([ok[0], files[0]], [ok[1], files[1]], [ok[2], files[2]])
+
+
+def test_an_evaluation_of_another_model_kind_than_the_training_record_is_refused(
+    tiny_evaluation,
+):
+    model, x, y, settings, root = tiny_evaluation
+    rows, record = evaluate_model(model, x, y, settings)
+    files = lay_out(root / "mixed", model, rows, record, evaluated_as="mlp")
+    with pytest.raises(CorruptFileError, match=r"evaluation\.json: model is 'mlp' but"):
         summarise([files[0]], [files[1]], [files[2]])
 
 
@@ -244,7 +320,7 @@ def test_reused_solves_give_what_solving_again_gives(tiny_evaluation):
         if attack == "inversion" and eps == 0.0:
             assert {k: r[k] for k in keys} == {k: by["clean", 0.0, inputs][k] for k in keys}
     u = to_pixels(x)
-    with model.solver_settings(tol=settings.tol, max_iter=settings.max_iter, stop="step"):
+    with model.solving(tol=settings.tol, max_iter=settings.max_iter, stop="step"):
         inverted = model(nemon.inversion_attack(u, 0.0)).argmax(dim=1)
         assert by["inversion", 0.0, "test"]["accuracy"] == float((inverted == y).double().mean())
         for eps in settings.interval_eps:

@@ -1,8 +1,9 @@
 """Tests of nemon.figures: every number drawn comes from the tidy tables, and only from them.
 
 The tables are synthetic but have exactly the columns of :mod:`nemon.contracts`
-(``SUMMARY_COLUMNS``, ``ROBUSTNESS_COLUMNS``): several models and objectives, the MLP, seeds
-0-2, every instrument on the full test set and on the attacks' subset, and some degenerate rows.
+(``SUMMARY_COLUMNS``, ``ROBUSTNESS_COLUMNS``): several experiments, models and objectives (two
+experiments of the same model, objective and weight), the MLP, seeds 0-2, every instrument on
+the full test set and on the attacks' subset, and some degenerate rows.
 The plots are checked against independent computations from those tables (which rows, which
 input set, which aggregate), then as rendered bytes: identical for identical tables, changed by
 a value the figure shows, unchanged by anything it does not.
@@ -37,22 +38,24 @@ from nemon.figures import (
     seed_means,
 )
 
-# model, objective, gamma, weights (lam for lipschitz, eps_t for interval)
+# experiment, model, objective, gamma, weights (lam for lipschitz, eps_t for interval)
 CONFIGS = [
-    ("nemon", "lipschitz", 0.0, (0.0, 1e-3, 1e-2)),
-    ("nemon", "lipschitz", 0.5, (0.0, 1e-3)),
-    ("nemon", "interval", 0.0, (0.05, 0.1)),
-    ("nemon-unweighted", "lipschitz", 0.0, (0.0, 1e-3)),
-    ("mlp", "lipschitz", 0.0, (0.0, 1e-3)),
-    ("mlp", "interval", 0.0, (0.1,)),
+    ("paper", "nemon", "lipschitz", 0.0, (0.0, 1e-3, 1e-2)),
+    ("paper", "nemon", "lipschitz", 0.5, (0.0, 1e-3)),
+    ("certified", "nemon", "interval", 0.0, (0.05, 0.1)),
+    ("unweighted", "nemon-unweighted", "lipschitz", 0.0, (0.0, 1e-3)),
+    ("mlp", "mlp", "lipschitz", 0.0, (0.0, 1e-3)),
+    ("mlp-ibp", "mlp", "interval", 0.0, (0.1,)),
+    # the same model, objective and weight as mlp-ibp: told apart by the experiment alone
+    ("followup-mlp", "mlp", "interval", 0.0, (0.1,)),
 ]
 SMALL = [CONFIGS[1], CONFIGS[5]]  # for the rendering tests: fewer panels, faster
 SEEDS = (0, 1, 2)
 EPS = (0.0, 0.05, 0.1, 0.3)  # inversion and certificates
 ATTACK_EPS = (0.05, 0.1)  # PGD and AutoAttack
 SUBSET = "subset-50"
-DEGENERATE = ("nemon", "lipschitz", 0.0, 1e-2, 1)  # model, objective, gamma, weight, seed
-CONFIG = ["model", "objective", "gamma", "lam", "eps_t"]
+DEGENERATE = ("paper", 0.0, 1e-2, 1)  # experiment, gamma, weight, seed
+CONFIG = ["experiment", "model", "objective", "gamma", "lam", "eps_t"]
 
 
 def tables(configs=CONFIGS, seeds=SEEDS):
@@ -63,9 +66,9 @@ def tables(configs=CONFIGS, seeds=SEEDS):
     """
     rng = np.random.default_rng(0)
     summary, robustness = [], []
-    for (model, objective, gamma, weights), seed in itertools.product(configs, seeds):
+    for (experiment, model, objective, gamma, weights), seed in itertools.product(configs, seeds):
         for w in weights:
-            keys = point_keys("mnist-5k", model, objective, gamma, w, seed)
+            keys = point_keys("mnist-5k", experiment, model, objective, gamma, w, seed)
             clean = float(rng.uniform(0.8, 0.99))
             summary.append(
                 {
@@ -90,7 +93,7 @@ def tables(configs=CONFIGS, seeds=SEEDS):
                     "evaluation_seconds": 50.0,
                 }
             )
-            degenerate_model = (model, objective, gamma, w, seed) == DEGENERATE
+            degenerate_model = (experiment, gamma, w, seed) == DEGENERATE
             rates = {
                 "inversion": rng.uniform(0.5, 1.5),
                 "certified_lipschitz": rng.uniform(4, 8),
@@ -134,9 +137,9 @@ def weight(df):
     return np.where(df["objective"] == "lipschitz", df["lam"], df["eps_t"])
 
 
-def family_of(model, objective, gamma):
+def family_of(experiment, model, gamma):
     """The panel label a configuration is drawn in (independent of the module's helper)."""
-    return f"{model} {objective}" + ("" if model == "mlp" else f" γ={gamma:g}")
+    return experiment + ("" if model == "mlp" else f" γ={gamma:g}")
 
 
 def render(fig, tmp_path, name="f.pdf"):
@@ -207,7 +210,7 @@ def test_pareto_front_rejects_nan_and_mismatched_lengths():
 # --- seed_means and config_label --------------------------------------------------------------
 def test_seed_means_are_the_mean_sample_sd_and_count_over_seeds():
     _, robustness = tables()
-    by = ["model", "objective", "gamma", "lam", "eps_t", "attack", "inputs", "eps"]
+    by = [*CONFIG, "attack", "inputs", "eps"]
     m = seed_means(robustness, "accuracy", by)
     assert len(m) == len(robustness.groupby(by)) and list(m.columns) == [
         *by,
@@ -234,17 +237,17 @@ def test_seed_means_of_a_single_seed_have_zero_spread_not_nan():
 @pytest.mark.parametrize(
     "keys, label",
     [
-        (("nemon", "lipschitz", 0.5, 1e-3, 0.0), "nemon lipschitz γ=0.5 λ=0.001"),
-        (("nemon", "lipschitz", 0.0, 0.0, 0.0), "nemon lipschitz γ=0 λ=0"),
+        (("paper", "nemon", "lipschitz", 0.5, 1e-3, 0.0), "paper (nemon lipschitz) γ=0.5 λ=0.001"),
+        (("paper", "nemon", "lipschitz", 0.0, 0.0, 0.0), "paper (nemon lipschitz) γ=0 λ=0"),
         (
-            ("nemon-unweighted", "interval", -0.5, 0.0, 0.05),
-            "nemon-unweighted interval γ=-0.5 ε_t=0.05",
+            ("x", "nemon-unweighted", "interval", -0.5, 0.0, 0.05),
+            "x (nemon-unweighted interval) γ=-0.5 ε_t=0.05",
         ),
-        (("mlp", "interval", 0.0, 0.0, 0.1), "mlp interval ε_t=0.1"),
-        (("mlp", "lipschitz", 0.0, 1e-4, 0.0), "mlp lipschitz λ=0.0001"),
+        (("mlp-ibp", "mlp", "interval", 0.0, 0.0, 0.1), "mlp-ibp (mlp interval) ε_t=0.1"),
+        (("mlp", "mlp", "lipschitz", 0.0, 1e-4, 0.0), "mlp (mlp lipschitz) λ=0.0001"),
     ],
 )
-def test_config_label_names_model_objective_gamma_and_the_objectives_weight(keys, label):
+def test_config_label_names_experiment_model_objective_gamma_and_the_weight(keys, label):
     assert config_label(*keys) == label
 
 
@@ -252,10 +255,10 @@ def test_config_labels_tell_every_configuration_of_the_grid_apart():
     summary, _ = tables()
     configs = summary[CONFIG].drop_duplicates()
     labels = [config_label(*row) for row in configs.itertuples(index=False)]
-    assert len(set(labels)) == len(configs) == sum(len(c[3]) for c in CONFIGS)
+    assert len(set(labels)) == len(configs) == sum(len(c[4]) for c in CONFIGS)
     # the weight of the other objective is not part of a configuration
-    assert config_label("nemon", "lipschitz", 0.5, 1e-3, 0.2) == config_label(
-        "nemon", "lipschitz", 0.5, 1e-3, 0.0
+    assert config_label("paper", "nemon", "lipschitz", 0.5, 1e-3, 0.2) == config_label(
+        "paper", "nemon", "lipschitz", 0.5, 1e-3, 0.0
     )
 
 
@@ -264,7 +267,7 @@ def test_accuracy_vs_eps_draws_the_seed_means_of_each_instrument_on_its_own_inpu
     _, robustness = tables()
     fig = plot_accuracy_vs_eps(robustness, title="mnist-5k")
     assert fig.get_suptitle().startswith("mnist-5k")
-    families = sorted({family_of(*c[:3]) for c in CONFIGS})
+    families = sorted({family_of(c[0], c[1], c[3]) for c in CONFIGS})
     instruments = [i for i in INSTRUMENTS if i != "clean"]  # the contract's order
     axes = np.array(fig.axes).reshape(len(families), len(instruments))
     assert [ax.get_title() for ax in axes[0]] == [INSTRUMENT_LABELS[i] for i in instruments]
@@ -272,7 +275,7 @@ def test_accuracy_vs_eps_draws_the_seed_means_of_each_instrument_on_its_own_inpu
 
     df = robustness.assign(
         family=[
-            family_of(*k) for k in robustness[["model", "objective", "gamma"]].itertuples(False)
+            family_of(*k) for k in robustness[["experiment", "model", "gamma"]].itertuples(False)
         ],
         weight=weight(robustness),
     )
@@ -359,10 +362,9 @@ def test_pareto_panels_show_pgd_best_certificate_and_inversion_seed_means_and_th
         }
         staircase = ax.lines[0]
         assert sorted(staircase.get_xdata()) == pytest.approx(sorted(on_front["clean"]))
-    # the legend names every model and objective
+    # the legend names every experiment
     legend = {t.get_text() for t in inv_ax.get_legend().get_texts()}
-    kinds = {f"{m} {o}" for m, o, _, _ in CONFIGS}
-    assert legend == kinds | {"Pareto front"}
+    assert legend == {c[0] for c in CONFIGS} | {"Pareto front"}
 
 
 def test_pareto_without_an_inversion_row_at_the_requested_eps_is_a_clear_error():
@@ -390,11 +392,11 @@ def test_lipschitz_plot_draws_the_seed_means_of_the_lipschitz_objective_against_
     fig = plot_lipschitz(summary, title="mnist-5k")
     lip = summary[summary["objective"] == "lipschitz"]
     for ax, col in zip(fig.axes[:2], ("lipschitz_bound", "lipschitz_tightness"), strict=True):
-        # one curve (an errorbar container: line, caps, bars) per model and gamma
+        # one curve (an errorbar container: line, caps, bars) per experiment and gamma
         curves = {c.get_label().strip(): c.lines[0] for c in ax.containers}
         want = {}
-        for (model, gamma), rows in lip.groupby(["model", "gamma"]):
-            want[model if model == "mlp" else f"{model} γ={gamma:g}"] = rows
+        for (experiment, model, gamma), rows in lip.groupby(["experiment", "model", "gamma"]):
+            want[family_of(experiment, model, gamma)] = rows
         assert sorted(curves) == sorted(want)
         for name, rows in want.items():
             m = rows.groupby("lam")[col].mean()

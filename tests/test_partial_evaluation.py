@@ -25,8 +25,8 @@ from nemon.evaluation import (
     source_digest,
 )
 
-KEYS = {"dataset": "mnist-5k", "model": "nemon", "objective": "lipschitz", "gamma": 0.5,
-        "lam": 0.001, "eps_t": 0.0, "seed": 0}  # fmt: skip
+KEYS = {"dataset": "mnist-5k", "experiment": "paper", "model": "nemon", "objective": "lipschitz",
+        "gamma": 0.5, "lam": 0.001, "eps_t": 0.0, "seed": 0}  # fmt: skip
 CODE = {"nemon": nemon.__version__, "torch": torch.__version__, "threads": 1, "git_commit": "c0"}
 
 

@@ -1,5 +1,6 @@
 """End-to-end runs of the real Snakemake pipeline with the smoke profile (mnist-5k, every model
-and objective of the experiment on a tiny grid, every instrument of the evaluation stage).
+and objective of the experiment on a tiny grid, an experiment of its own width and epochs, every
+instrument of the evaluation stage).
 
 One smoke run is shared by the tests of this module; a second run from scratch in another
 folder checks that the tables and figures are reproduced exactly (wall times aside).
@@ -44,8 +45,7 @@ def smoke_config() -> dict:
             out[k] = merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
         return out
 
-    schema = load_schema(REPO / "workflow/schemas/config.schema.yaml")
-    return validate_config(merge(base, smoke), schema, cuda_available=lambda: False)
+    return validate_config(merge(base, smoke), load_schema(), cuda_available=lambda: False)
 
 
 SMOKE = smoke_config()
@@ -60,7 +60,9 @@ FIGURES = [
     for ext in ("pdf", "png")
 ]
 WALL_TIME_COLUMNS = ["train_seconds", "evaluation_seconds"]
-KEYS = ["model", "objective", "gamma", "lam", "eps_t", "seed"]
+KEYS = ["experiment", "model", "objective", "gamma", "lam", "eps_t", "seed"]
+# each group's grid points and their experiment's scheduled epochs
+EPOCHS = {tuple(k[x] for x in KEYS): g.epochs for g in GROUPS for k in g.point_keys(DATASET)}
 
 
 def tables(workdir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -81,11 +83,15 @@ def check_summary(summary: pd.DataFrame) -> None:
     assert (summary["lipschitz_bound"] > 0).all() and (summary["lipschitz_tightness"] >= 1).all()
     assert (nemons["fwd_iters_mean"] >= 1).all()
     assert (summary[summary["model"] == "mlp"]["fwd_iters_mean"] == 0).all()
-    # a model trains past the schedule only while it misses the convergence record
-    tr = SMOKE["training"]
-    extended = summary["epochs"] > tr["epochs"]
-    assert summary["epochs"].between(tr["epochs"], tr["epochs"] + tr["extra_epochs"]).all()
-    ran_out = summary["epochs"] == tr["epochs"] + tr["extra_epochs"]
+    # a model trains its experiment's epochs, and past them only while it misses the
+    # convergence record
+    scheduled = pd.Series([EPOCHS[k] for k in zip(*(summary[x] for x in KEYS), strict=True)])
+    assert sorted(set(scheduled)) == sorted({g.epochs for g in GROUPS})
+    assert len(set(scheduled)) > 1, "the smoke grid has an experiment of its own epochs"
+    extra = SMOKE["training"]["extra_epochs"]
+    extended = summary["epochs"] > scheduled
+    assert summary["epochs"].between(scheduled, scheduled + extra).all()
+    ran_out = summary["epochs"] == scheduled + extra
     assert (summary.loc[extended & ~ran_out, "training_converged"]).all()
     assert (summary["not_converged"] == 0).all() and (summary["clean_not_converged"] == 0).all()
 
@@ -134,19 +140,41 @@ def check_orderings(rob: pd.DataFrame) -> None:
 
 
 def check_model_folders(workdir: Path) -> None:
-    for d, p in zip(POINT_DIRS, POINTS, strict=True):
-        folder = workdir / d
-        metrics = read_json_record(folder / "metrics.json", METRICS_SCHEMA, expect=p, fix="-")
-        assert len(metrics["history"]) == metrics["epochs"] >= SMOKE["training"]["epochs"]
-        prov = metrics["provenance"]
-        assert prov["torch"] == torch.__version__ and prov["nemon"] == nemon.__version__
-        assert prov["git_commit"] == "unknown"  # the temporary copy is not a git checkout
-        model = load_model(folder / "model.pt", sha256=metrics["model_sha256"])
-        with torch.no_grad():
-            bound = float(model.lipschitz_bound())
-        assert bound == pytest.approx(metrics["lipschitz_bound"], rel=1e-5)
-        evaluation = json.loads((folder / "evaluation.json").read_text())
-        assert evaluation["lipschitz_lower"] <= bound * (1 + 1e-6)
+    widths = set()
+    for g in GROUPS:
+        exp = SMOKE["experiments"][g.experiment]
+        for d, p in zip(g.point_dirs(PREFIX, DATASET), g.point_keys(DATASET), strict=True):
+            folder = workdir / d
+            metrics = read_json_record(folder / "metrics.json", METRICS_SCHEMA, expect=p, fix="-")
+            assert len(metrics["history"]) == metrics["epochs"] >= g.epochs
+            prov = metrics["provenance"]
+            assert prov["torch"] == torch.__version__ and prov["nemon"] == nemon.__version__
+            assert prov["git_commit"] == "unknown"  # the temporary copy is not a git checkout
+            # the experiment's width, epochs and schedule reached the training and its record
+            assert prov["hidden"] == g.hidden == exp["hidden"]
+            assert prov["training"]["epochs"] == g.epochs == exp["epochs"]
+            assert prov["training"]["schedule"] == exp["training"]
+            assert [h["lr"] for h in metrics["history"][: g.epochs]] == [
+                exp["training"]["lr"] * exp["training"]["lr_factor"] ** passed
+                for passed in (
+                    sum(e > round(m * g.epochs) for m in exp["training"]["lr_milestones"])
+                    for e in range(1, g.epochs + 1)
+                )
+            ]
+            model = load_model(folder / "model.pt", sha256=metrics["model_sha256"])
+            assert model.constructor_kwargs()["hidden_features"] == g.hidden
+            widths.add(g.hidden)
+            check_model(folder, metrics, model)
+    assert len(widths) > 1, "the smoke grid has an experiment of its own width"
+
+
+def check_model(folder: Path, metrics: dict, model) -> None:
+    """The model file gives the recorded bound, and the evaluation's lower bound is below it."""
+    with torch.no_grad():
+        bound = float(model.lipschitz_bound())
+    assert bound == pytest.approx(metrics["lipschitz_bound"], rel=1e-5)
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    assert evaluation["lipschitz_lower"] <= bound * (1 + 1e-6)
 
 
 def check_figures(workdir: Path) -> None:
@@ -167,6 +195,8 @@ def check_smoke_outputs(workdir: Path, trained_on: str = "cpu") -> None:
     for d in POINT_DIRS:
         metrics = json.loads((workdir / d / "metrics.json").read_text())
         assert metrics["provenance"]["device"].startswith(trained_on), d
+    for exp in {g.experiment for g in GROUPS}:  # one folder per experiment under models/
+        assert (workdir / f"{PREFIX}results/{DATASET}/models/{exp}").is_dir(), exp
 
 
 def smoke_run(folder: Path) -> Path:
@@ -197,7 +227,7 @@ def test_the_smoke_run_writes_only_under_its_own_prefix(run):
 
 def test_every_job_logged_and_training_shows_progress(run):
     for g in GROUPS:
-        log = run / f"{PREFIX}logs/train/{DATASET}/{g.model}/{g.objective}/{g.name()}.log"
+        log = run / f"{PREFIX}logs/train/{DATASET}/{g.experiment}/{g.name()}.log"
         text = log.read_text()
         assert "epoch 1/" in text and "done" in text, log
 
@@ -205,12 +235,12 @@ def test_every_job_logged_and_training_shows_progress(run):
 def test_every_job_shows_a_few_progress_lines_on_the_console(run):
     console = (run / "console.txt").read_text().splitlines()
     for g in GROUPS:
-        tag = f"{g.model}/{g.objective} g{g.gamma} s{g.seed}"
+        tag = f"{g.experiment} g{g.gamma} s{g.seed}"
         train = [line for line in console if line.startswith(f"[train {tag}] ")]
         assert train[0].startswith(f"[train {tag}] started: ") and "epochs" in train[0], train
-        assert "epoch 1/2, " in train[1] and "left in this job" in train[1], train
+        assert f"epoch 1/{g.epochs}, " in train[1] and "left in this job" in train[1], train
         assert train[-1].startswith(f"[train {tag}] done in "), train
-        epochs = SMOKE["training"]["epochs"] + SMOKE["training"]["extra_epochs"]
+        epochs = g.epochs + SMOKE["training"]["extra_epochs"]
         assert len(train) <= epochs + 2, train  # at most one line per epoch
         evaluate = [line for line in console if line.startswith(f"[evaluate {tag}] ")]
         models = len(g.weights)

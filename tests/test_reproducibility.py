@@ -26,8 +26,9 @@ from nemon.training import provenance
 pytestmark = pytest.mark.e2e
 
 DATASET = "mnist-5k"
-MODEL, OBJECTIVE, GAMMA, SEED = "nemon", "lipschitz", 0.5, 0
-COMMITTED = REPO / "results" / DATASET / "models" / MODEL / OBJECTIVE
+EXPERIMENT, GAMMA, SEED = "paper", 0.5, 0
+# the layout of nemon.contracts.point_dir: results/<dataset>/models/<experiment>/<point>/
+COMMITTED = REPO / "results" / DATASET / "models" / EXPERIMENT
 
 
 def committed_group() -> list:
@@ -50,7 +51,15 @@ def retrained(tmp_path_factory):
     """The committed group retrained from scratch by the real workflow: ``(wf, files, targets)``."""
     files = committed_group()
     if not all(f.is_file() for f in files):
-        pytest.skip(f"the committed {DATASET} results lack the group {files[0].parent.parent}")
+        missing = [str(f.relative_to(REPO)) for f in files if not f.is_file()]
+        pytest.skip(
+            f"the committed {DATASET} results lack the group {EXPERIMENT} g{GAMMA} s{SEED} in the "
+            f"layout results/<dataset>/models/<experiment>/ (missing: {', '.join(missing[:2])}"
+            f"{', ...' if len(missing) > 2 else ''}); regenerate them with the workflow"
+        )
+    for f in files:  # committed in this layout: its records name the experiment
+        if json.loads(f.read_text()).get("experiment") != EXPERIMENT:
+            pytest.skip(f"{f.relative_to(REPO)} names no experiment {EXPERIMENT!r}: regenerate it")
     wf = copy_workflow(tmp_path_factory.mktemp("repro") / "repro")
     targets = [
         f"repro/results/{DATASET}/{f.relative_to(REPO / 'results' / DATASET)}" for f in files
@@ -126,7 +135,7 @@ print(json.dumps({"rows": rows, "record": record}, default=str))
 def test_a_retrained_committed_model_evaluated_again_reproduces(retrained):
     """One model of the retrained group (lam 1e-4) evaluated by the current code, in the
     workflow's reproducible mode (the code builds the weights' quantities once per model,
-    ``NEMON.frozen_weights``): the committed robustness rows and scalars, bit for bit on the
+    ``NEMON.solving(frozen=True)``): the committed robustness rows and scalars, bit for bit on the
     committed CPU path; within two points of accuracy elsewhere."""
     wf, files, targets = retrained
     k = [json.loads(f.read_text())["lam"] for f in files].index(1e-4)

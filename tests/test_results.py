@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from test_figures import tables
 
-from nemon.results import T975, paired_difference, per_model, report, seed_summary
+from nemon.results import T975, main, paired_difference, per_model, report, seed_summary
 
 
 def test_paired_difference_is_the_seedwise_mean_with_a_t_interval():
@@ -40,3 +40,59 @@ def test_report_builds_every_table_from_the_tidy_tables(tmp_path):
     text = report(tmp_path)
     for part in ("Paper grid", "Effect of lam", "Convergence record", "Degenerate rows"):
         assert part in text
+
+
+def test_a_paired_difference_refuses_a_selection_of_two_experiments():
+    # mlp-ibp and followup-mlp both hold mlp/interval at eps_t 0.1: a seed would pair with two
+    summary, _ = tables()
+    change = {"model": "mlp", "objective": "interval", "eps_t": 0.1}
+    base = {"experiment": "certified", "eps_t": 0.1}
+    with pytest.raises(ValueError, match=r"more than one model per seed.*followup-mlp.*mlp-ibp"):
+        paired_difference(summary, "clean_acc", change, base)
+    mean, *_, n = paired_difference(summary, "clean_acc", {**change, "experiment": "mlp-ibp"}, base)
+    assert n == 3 and math.isfinite(mean)
+
+
+def test_the_report_names_experiments_and_pairs_them_by_name(tmp_path):
+    summary, robustness = tables()
+    summary.to_csv(tmp_path / "summary.csv", index=False)
+    robustness.to_csv(tmp_path / "robustness.csv", index=False)
+    text = report(tmp_path)
+
+    def table(caption: str) -> list[list[str]]:
+        block = text.split(caption, 1)[1].split("\n\n")[1].splitlines()
+        return [[c.strip() for c in line.strip("|").split("|")] for line in block]
+
+    paper = table("Paper grid")
+    assert paper[0][:3] == ["experiment", "gamma", "lam"]
+    assert {row[0] for row in paper[2:]} == {"paper"}
+    # the effect of lam, within the experiment, at the lams each gamma has
+    effect = table("Effect of lam")
+    assert [row[:3] for row in effect[2:]] == [
+        ["paper", "0", "0.001"],
+        ["paper", "0", "0.01"],
+        ["paper", "0.5", "0.001"],
+    ]
+    # one NEMON - MLP row per pair of interval experiments with a common eps_t, named
+    pairs = table("Interval-trained NEMON minus interval-trained MLP")
+    assert pairs[0][:4] == ["nemon", "mlp", "eps_t", "nemon gamma"]
+    assert sorted(row[:2] for row in pairs[2:]) == [
+        ["certified", "followup-mlp"],
+        ["certified", "mlp-ibp"],
+    ]
+    # the convergence record keeps the two mlp/interval experiments apart
+    conv = table("Convergence record")
+    assert ["followup-mlp", "mlp", "interval", "3"] in [row[:4] for row in conv]
+    assert ["mlp-ibp", "mlp", "interval", "3"] in [row[:4] for row in conv]
+
+
+def test_tables_of_the_layout_before_experiments_are_refused_naming_the_column(tmp_path, capsys):
+    summary, robustness = tables()
+    summary.drop(columns="experiment").to_csv(tmp_path / "summary.csv", index=False)
+    robustness.to_csv(tmp_path / "robustness.csv", index=False)
+    with pytest.raises(ValueError, match=r"summary\.csv lacks the column\(s\) \['experiment'\]"):
+        report(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path)])
+    assert e.value.code == 1
+    assert "lacks the column(s) ['experiment']" in capsys.readouterr().err

@@ -70,9 +70,10 @@ SLURM_ARGS = [
 
 # A --configfile on top of the smoke config that asks for CUDA (fails where CUDA is missing).
 CUDA_CONFIG = {"device": "cuda"}
-# Profiles set resources for the generic names train and evaluate; the workflow forwards them to
-# its rules train_<model>_<objective> and evaluate_<model>_<objective> (workflow/rules/common.smk).
+# Profiles set resources for the generic names train and evaluate; the workflow gives them to its
+# rules train_<experiment> and evaluate_<experiment> (workflow/rules/common.smk).
 GENERIC_RULES = {"train", "evaluate"}
+RULE = r"[\w-]+"  # a rule name: experiment names may hold '-' (train_followup-mlp)
 
 
 def check_smoke_outputs(workdir: Path, trained_on_cpu: bool = True) -> None:
@@ -88,7 +89,7 @@ def model_devices(workdir: Path) -> list[str]:
 
 def rules_of(name: str) -> str:
     """A regex for the rules a profile's rule name stands for."""
-    return rf"{name}_\w+" if name in GENERIC_RULES else re.escape(name)
+    return rf"{name}_{RULE}" if name in GENERIC_RULES else re.escape(name)
 
 
 # --- the profiles (fast, no cluster) -------------------------------------------------------
@@ -96,7 +97,7 @@ def rules_of(name: str) -> str:
 
 def job_resources(dry_run: str, rule: str) -> str:
     """The ``resources:`` line of the first job of ``rule`` (or a rule it stands for)."""
-    blocks = re.split(r"^(?:local)?rule (\w+):$", dry_run, flags=re.MULTILINE)[1:]
+    blocks = re.split(rf"^(?:local)?rule ({RULE}):$", dry_run, flags=re.MULTILINE)[1:]
     for name, text in zip(blocks[::2], blocks[1::2], strict=True):
         if re.fullmatch(rules_of(rule), name):
             return re.search(r"^\s+resources: (.*)$", text, flags=re.MULTILINE).group(1)
@@ -300,7 +301,7 @@ def test_gpu_profile_trains_and_evaluates_on_the_gpu_slurm_gives_each_job(cluste
     )
     cluster_rule_outputs_came_from_completed_jobs(run)
     # the plugin's job comment is rule_<name>[_wildcards_<values>]
-    rule = run.jobs["comment"].str.extract(r"^rule_(\w+?)(?:_wildcards_|$)", expand=False)
+    rule = run.jobs["comment"].str.extract(rf"^rule_({RULE}?)(?:_wildcards_|$)", expand=False)
     has_gpu = run.jobs["gres"] == "gres:gpu:1"
     wants_gpu = rule.map(lambda r: any(re.fullmatch(rules_of(g), r) for g in gpu_rules()))
     assert (has_gpu == wants_gpu).all(), run.jobs

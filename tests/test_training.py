@@ -16,6 +16,7 @@ from nemon.training import (
     seed_everything,
     summarise_history,
     train,
+    train_group,
     train_stack,
 )
 
@@ -445,17 +446,17 @@ def test_mon_trains_through_the_module_stack():
 
 def test_solver_settings_are_temporary_and_validated():
     model = nemon.NEMON(4, 3, 2, gamma=0.5, tol=1e-2, max_iter=50).double()
-    with model.solver_settings(tol=1e-10, stop="bound"):
+    with model.solving(tol=1e-10, stop="bound"):
         assert (model.tol, model.max_iter, model.stop) == (1e-10, 50, "bound")
         model(torch.rand(2, 4, dtype=torch.float64))
         st = model.last_forward_stats
         assert st.residual * st.rho / (1 - st.rho) <= 1e-10
     assert (model.tol, model.max_iter, model.stop) == (1e-2, 50, "step")
     with pytest.raises(nemon.ConfigurationError, match="tol"):
-        with model.solver_settings(tol=-1.0):
+        with model.solving(tol=-1.0):
             pass
     with pytest.raises(nemon.ConfigurationError, match="stop"):
-        with model.solver_settings(stop="never"):
+        with model.solving(stop="never"):
             pass
 
 
@@ -521,3 +522,136 @@ def test_a_job_given_gpus_that_torch_cannot_see_is_refused_naming_them():
     for device in ("auto", "cpu"):
         with pytest.raises(nemon.ConfigurationError, match="given 1 GPU"):
             resolve_device(device, gpus=1)
+
+
+# --- train_group: one training job of the workflow, from its configuration ------------------
+def toy_set():
+    """What train_group reads of a data set (nemon.data.Dataset's fields), on the toy data."""
+    from types import SimpleNamespace
+
+    x, y = toy_data(300)
+    tx, ty = toy_data(60, seed=1)
+    return SimpleNamespace(
+        train_x=x, train_y=y, test_x=tx, test_y=ty, mean=0.5, std=0.3, source="toy"
+    )
+
+
+def group_training(epochs=4, **schedule):
+    """An experiment's training settings (nemon.config.experiment_training's shape)."""
+    return {
+        "epochs": epochs,
+        "extra_epochs": 0,
+        "batch_size": 50,
+        "solver": "jacobi",
+        "stop": "bound",
+        "tol": 1e-4,
+        "max_iter": 500,
+        "schedule": {"lr": 1e-2, "lr_milestones": [0.5], "lr_factor": 0.1, **schedule},
+    }
+
+
+def test_train_group_builds_every_member_at_the_experiments_width_and_schedule():
+    weights = [0.0, 1e-2]
+    result = train_group(
+        "nemon",
+        "lipschitz",
+        weights,
+        gamma=0.5,
+        seed=0,
+        hidden=7,
+        training=group_training(epochs=4),
+        data=toy_set(),
+        log=lambda s: None,
+        progress=False,
+    )
+    assert [m.name for m in result.members] == ["lam=0", "lam=0.01"]  # OBJECTIVE_AXIS's names
+    assert result.group_record() == {
+        "members": ["lam=0", "lam=0.01"],
+        "size": 2,
+        "resumed_from_epoch": 0,
+    }
+    for member, w in zip(result.members, weights, strict=True):
+        assert member.weight == w
+        assert member.model.constructor_kwargs()["hidden_features"] == 7  # reached build_model
+        assert [h["lr"] for h in member.history] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3])
+        assert member.record["epochs"] == 4
+        with torch.no_grad():
+            assert member.record["lipschitz_bound"] == float(member.model.lipschitz_bound())
+    # the same initial weights and data order: lam = 0 is the plain model, lam > 0 lowers the bound
+    plain, regularised = (m.record["lipschitz_bound"] for m in result.members)
+    assert regularised < plain
+
+
+def test_train_group_takes_the_interval_schedule_from_its_settings():
+    training = group_training(epochs=4, kappa=0.5, warmup=0.25, ramp=0.5)
+    result = train_group(
+        "mlp",
+        "interval",
+        [0.1],
+        gamma=0.0,
+        seed=1,
+        hidden=5,
+        training=training,
+        data=toy_set(),
+        log=lambda s: None,
+        progress=False,
+    )
+    (member,) = result.members
+    assert member.name == "eps_t=0.1"
+    assert result.objective.kappa == 0.5 and result.objective.ramp == 0.5
+    hist = member.history
+    assert hist[0]["kappa"] == 0.0  # clean during the warmup (the first epoch)
+    assert 0 < hist[1]["kappa"] < 0.5 and hist[-1]["kappa"] == 0.5
+    assert hist[-1]["eps_t"] == pytest.approx(0.1)
+    assert member.model.constructor_kwargs()["hidden_features"] == 5
+
+
+def test_train_group_is_train_stack_on_the_members_it_builds():
+    """The group is exactly the documented recipe: every member seeded alike, one stack."""
+    data = toy_set()
+    training = group_training(epochs=2)
+    result = train_group(
+        "nemon",
+        "lipschitz",
+        [0.0, 1e-3],
+        gamma=0.5,
+        seed=3,
+        hidden=6,
+        training=training,
+        data=data,
+        log=lambda s: None,
+        progress=False,
+    )
+    solver = {k: training[k] for k in ("solver", "tol", "max_iter", "stop")}
+    members = []
+    for _ in range(2):
+        seed_everything(3)
+        members.append(
+            nemon.contracts.build_model(
+                "nemon",
+                in_features=20,
+                hidden=6,
+                out_features=10,
+                gamma=0.5,
+                input_mean=0.5,
+                input_std=0.3,
+                solver=solver,
+            )
+        )
+    stack = ModelStack(members)
+    train_stack(
+        stack,
+        data.train_x,
+        data.train_y,
+        objective=Objective("lipschitz", (0.0, 1e-3)),
+        schedule=Schedule(2, 50, 1e-2, (0.5,), 0.1, 0),
+        seed=3,
+        progress=False,
+        log=lambda s: None,
+    )
+    for k, member in enumerate(result.members):
+        by_hand = stack.member(k)
+        for (n, p), (_, q) in zip(
+            member.model.state_dict().items(), by_hand.state_dict().items(), strict=True
+        ):
+            assert torch.equal(p, q), (k, n)

@@ -27,6 +27,7 @@ from nemon.config import (
     machine_cores,
     output_folders,
     regeneration_message,
+    rule_name,
     tracked_files,
     training_groups,
     validate_config,
@@ -34,18 +35,26 @@ from nemon.config import (
 from nemon.data import DATASETS
 from nemon.errors import ConfigurationError
 
+RULE = r"[\w-]+"  # a rule name: experiment names may hold '-' (train_followup-mlp)
+
 
 def job_counts(output: str) -> dict[str, int]:
     """The 'Job stats' table of a dry run: rule -> number of jobs."""
     table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
     return {
         m.group(1): int(m.group(2))
-        for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.MULTILINE)
+        for m in re.finditer(rf"^({RULE})\s+(\d+)$", table, flags=re.MULTILINE)
     }
 
 
+def jobs(output: str) -> list[tuple[str, str]]:
+    """The jobs of a dry run: (rule, the job's text)."""
+    blocks = re.split(rf"^(?:local)?rule ({RULE}):$", output, flags=re.MULTILINE)[1:]
+    return list(zip(blocks[::2], blocks[1::2], strict=True))
+
+
 def kind_counts(counts: dict[str, int]) -> dict[str, int]:
-    """Sum the per-(model, objective) rules: train_*, evaluate_*."""
+    """Sum the per-experiment rules: train_*, evaluate_*."""
     out: dict[str, int] = {}
     for rule, n in counts.items():
         key = rule.split("_", 1)[0] if rule.startswith(("train_", "evaluate_")) else rule
@@ -90,12 +99,17 @@ def test_dry_run_of_the_default_config_plans_one_job_per_group(wf):
     assert r.returncode == 0, r.stderr
     cfg = validate_config(
         yaml.safe_load((REPO / "config.yaml").read_text()),
-        load_schema(REPO / "workflow/schemas/config.schema.yaml"),
+        load_schema(),
         cuda_available=lambda: False,
     )
     groups = training_groups(cfg)
     counts = kind_counts(job_counts(r.stdout))
     assert counts["train"] == counts["evaluate"] == len(groups)
+    # a training and an evaluation rule per experiment, named after it
+    per_rule = job_counts(r.stdout)
+    for name in cfg["experiments"]:
+        n = sum(1 for g in groups if g.experiment == name)
+        assert per_rule[rule_name("train", name)] == per_rule[rule_name("evaluate", name)] == n
     assert counts["prepare_data"] == counts["summarise"] == 1
     for rule in ("plot_pareto", "plot_accuracy_vs_eps", "plot_lipschitz"):
         assert counts[rule] == 1
@@ -112,17 +126,15 @@ def test_dry_run_of_the_default_config_plans_one_job_per_group(wf):
 def test_the_longest_chain_of_jobs_has_the_highest_priority(wf):
     r = snakemake("-n", "--config", "dataset=fashion-mnist", "seeds=[0]", cwd=wf)
     assert r.returncode == 0, r.stderr
-    blocks = re.split(r"^(?:local)?rule (\w+):$", r.stdout, flags=re.MULTILINE)[1:]
     prio = {}
-    for rule, text in zip(blocks[::2], blocks[1::2], strict=True):
+    for rule, text in jobs(r.stdout):
         if rule.startswith(("train_", "evaluate_")):
             gamma = re.search(r"gamma=([0-9.]+)", text).group(1)
             prio[rule, gamma] = int(re.search(r"^\s+priority: (\d+)$", text, re.M).group(1))
     cfg = yaml.safe_load((REPO / "config.yaml").read_text()) | {"seeds": [0]}
-    schema = load_schema(REPO / "workflow/schemas/config.schema.yaml")
-    groups = training_groups(validate_config(cfg, schema, cuda_available=lambda: False))
+    groups = training_groups(validate_config(cfg, load_schema(), cuda_available=lambda: False))
     assert len(prio) == 2 * len(groups)
-    assert max(prio, key=prio.get) == ("train_nemon_lipschitz", "0.9")
+    assert max(prio, key=prio.get) == ("train_paper", "0.9")
     for (rule, gamma), p in prio.items():
         if rule.startswith("train_"):
             assert p > prio["evaluate_" + rule.removeprefix("train_"), gamma]
@@ -130,10 +142,9 @@ def test_the_longest_chain_of_jobs_has_the_highest_priority(wf):
 
 def test_every_job_has_a_log_and_a_benchmark(wf):
     r = snakemake("-n", "--profile", "profiles/smoke", cwd=wf)
-    blocks = re.split(r"^(?:local)?rule (\w+):$", r.stdout, flags=re.MULTILINE)[1:]
-    jobs = list(zip(blocks[::2], blocks[1::2], strict=True))
-    assert len(jobs) > 5
-    for rule, text in jobs:
+    planned = jobs(r.stdout)
+    assert len(planned) > 5
+    for rule, text in planned:
         if rule == "all":
             continue
         stage = rule.split("_", 1)[0] if rule.startswith(("train_", "evaluate_")) else rule
@@ -178,10 +189,10 @@ def test_experiments_switched_off_from_the_command_line_plan_no_job(wf):
     r = snakemake("-n", "--config", spec, cwd=wf)
     assert r.returncode == 0, r.stdout + r.stderr
     rules = set(job_counts(r.stdout))
-    assert {"train_nemon_lipschitz", "evaluate_nemon_lipschitz"} <= rules
+    assert {"train_paper", "evaluate_paper"} <= rules
     assert not {x for x in rules if x.startswith(("train_", "evaluate_"))} - {
-        "train_nemon_lipschitz",
-        "evaluate_nemon_lipschitz",
+        "train_paper",
+        "evaluate_paper",
     }
 
 
@@ -194,16 +205,127 @@ def test_the_readme_budget_command_plans_the_paper_grid_at_the_old_settings(wf):
     r = snakemake("-n", *args[1:], cwd=wf)
     assert r.returncode == 0, r.stdout + r.stderr
     counts = job_counts(r.stdout)
+    left_on = sorted(
+        x.removeprefix("train_") for x in counts if x.startswith("train_") and x != "train_paper"
+    )
+    assert not left_on, (
+        f"the README's budget command leaves experiment(s) {left_on} of config.yaml on: add "
+        "them as null to its experiments={...}"
+    )
     paper = yaml.safe_load((REPO / "config.yaml").read_text())["experiments"]["paper"]
     groups = len(paper["gamma"]) * 3  # three seeds
-    assert counts["train_nemon_lipschitz"] == counts["evaluate_nemon_lipschitz"] == groups
+    assert counts["train_paper"] == counts["evaluate_paper"] == groups
     assert {x for x in counts if x.startswith(("train_", "evaluate_"))} == {
-        "train_nemon_lipschitz",
-        "evaluate_nemon_lipschitz",
+        "train_paper",
+        "evaluate_paper",
     }
     outputs = re.findall(r"^\s+output: (.+)$", r.stdout, flags=re.MULTILINE)
     files = [f.strip() for line in outputs for f in line.split(",")]
     assert files and all(f.startswith(("budget/", "resources/")) for f in files)
+
+
+def test_rules_named_after_experiments_with_a_dash_work_as_snakemake_targets(wf):
+    r = snakemake("-n", "--until", "evaluate_followup-mlp", "--config", "seeds=[0]", cwd=wf)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert job_counts(r.stdout) == {
+        "prepare_data": 1,
+        "train_followup-mlp": 1,
+        "evaluate_followup-mlp": 1,
+        "total": 3,
+    }
+    assert "results/mnist/models/followup-mlp/g0.0_e0.1_s0/evaluation.json" in r.stdout
+    assert "logs/train/mnist/followup-mlp/g0.0_s0.log" in r.stdout
+
+
+def test_a_profiles_threads_and_resources_for_train_and_evaluate_reach_every_experiments_rules(
+    wf,
+):
+    """set-threads/set-resources name the generic rules train and evaluate; a rule's own name
+    wins, resource by resource (the slurm profiles rely on it: tests/test_slurm.py)."""
+    r = snakemake(
+        "-n",
+        "--cores",
+        "8",
+        "--config",
+        "seeds=[0]",
+        "--set-threads",
+        "train=3",
+        "evaluate=2",
+        "train_paper=4",
+        "--set-resources",
+        "train:mem_mb=1234",
+        "train:runtime=50",
+        "evaluate:runtime=7*attempt",  # an expression, evaluated per job
+        "train_paper:runtime=99",
+        cwd=wf,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    seen = set()
+    for rule, text in jobs(r.stdout):
+        if not rule.startswith(("train_", "evaluate_")):
+            assert not re.search(r"^\s+threads: ", text, flags=re.MULTILINE), rule
+            continue
+        seen.add(rule)
+        threads = int(re.search(r"^\s+threads: (\d+)$", text, flags=re.MULTILINE).group(1))
+        resources = re.search(r"^\s+resources: (.*)$", text, flags=re.MULTILINE).group(1)
+        if rule == "train_paper":
+            assert threads == 4 and "mem_mb=1234" in resources and "runtime=99" in resources
+        elif rule.startswith("train_"):
+            assert threads == 3 and "mem_mb=1234" in resources and "runtime=50" in resources
+        else:
+            assert threads == 2 and "runtime=7" in resources and "mem_mb" not in resources
+    experiments = yaml.safe_load((REPO / "config.yaml").read_text())["experiments"]
+    assert seen == {rule_name(s, n) for s in ("train", "evaluate") for n in experiments}
+
+
+# a private attribute of Snakemake's objects: `workflow._x`, `workflow.a._x`, `snakemake._x`,
+# `smk._x` (the scripts' name), getattr/setattr(workflow..., "_x"), a private module; and in
+# the Snakemake files, any `__dict__` surgery (e.g. on an alias of workflow.resource_settings)
+PRIVATE_SNAKEMAKE = re.compile(
+    r"\b(?:workflow|snakemake|smk)(?:\.[A-Za-z]\w*)*\._\w*"
+    r"|\b(?:get|set|has|del)attr\(\s*(?:workflow|snakemake|smk)\b[\w.]*\s*,\s*[\"']_"
+    r"|\bfrom\s+snakemake(?:\.\w+)*\._|\bimport\s+snakemake(?:\.\w+)*\._"
+)
+DICT_SURGERY = re.compile(r"\.__dict__\b")
+
+
+def private_snakemake_uses(text: str, snakefile: bool = True) -> list[str]:
+    found = [m.group(0) for m in PRIVATE_SNAKEMAKE.finditer(text)]
+    return found + ([m.group(0) for m in DICT_SURGERY.finditer(text)] if snakefile else [])
+
+
+def test_the_private_attribute_check_finds_what_the_workflow_once_did():
+    # forward_runtime_settings of workflow/rules/common.smk before it used the public API
+    old = """
+    rs = workflow.resource_settings
+    for field, parsed in (("overwrite_threads", "_parsed_overwrite_threads"),):
+        rs.__dict__.pop(parsed, None)
+    workflow.resource_settings._parsed_overwrite_resources.get(name)
+    setattr(workflow.resource_settings, "_x", 1)
+    """
+    assert private_snakemake_uses(old) == [
+        "workflow.resource_settings._parsed_overwrite_resources",
+        'setattr(workflow.resource_settings, "_',
+        ".__dict__",
+    ]
+    assert private_snakemake_uses("workflow.resource_settings.overwrite_threads.get(g)") == []
+    assert private_snakemake_uses("from snakemake._version import x") == ["from snakemake._"]
+
+
+def test_no_file_of_the_workflow_or_the_package_uses_a_private_snakemake_attribute():
+    files = [
+        REPO / "Snakefile",
+        *sorted((REPO / "workflow").rglob("*.smk")),
+        *sorted((REPO / "workflow").rglob("*.py")),
+        *sorted((REPO / "scripts").glob("*.py")),
+        *sorted((REPO / "src").rglob("*.py")),
+    ]
+    found = {
+        str(f.relative_to(REPO)): uses
+        for f in files
+        if (uses := private_snakemake_uses(f.read_text(encoding="utf-8"), f.suffix != ".py"))
+    }
+    assert not found, found
 
 
 def test_a_gpu_profile_with_a_cpu_config_is_refused_before_any_job(wf):
@@ -228,8 +350,7 @@ def test_smoke_profile_runs_from_another_working_directory(wf, tmp_path):
 
 
 def test_schema_datasets_are_the_package_datasets():
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
-    assert tuple(schema["properties"]["dataset"]["enum"]) == tuple(DATASETS)
+    assert tuple(load_schema()["properties"]["dataset"]["enum"]) == tuple(DATASETS)
 
 
 BAD_CONFIGS = {
@@ -260,6 +381,14 @@ BAD_CONFIGS = {
     "eps_above_one": ({"evaluation": {"pgd": {"eps": [1.5]}}}, ["evaluation.pgd.eps[0]", "<= 1"]),
     "cuda_without_gpu": ({"device": "cuda"}, ["device", "no CUDA device"]),
     "mnist5k_with_data_dir": ({"dataset": "mnist-5k", "data_dir": "."}, ["data_dir", "mnist-5k"]),
+    "width_zero": (
+        "experiments={followup-mlp: {hidden: 0}}",
+        ["experiments.followup-mlp.hidden: 0 is less than the minimum of 1"],
+    ),
+    "schedule_key_of_another_objective": (
+        "experiments={paper: {training: {warmup: 0.1}}}",
+        ["experiments.paper.training.warmup", "not a schedule key of objective lipschitz"],
+    ),
 }
 
 

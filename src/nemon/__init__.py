@@ -32,6 +32,7 @@ from .measure import inf_norm, mu_inf  # noqa: E402
 from .mlp import MLP  # noqa: E402
 from .model import NEMON  # noqa: E402
 from .mon import MON  # noqa: E402
+from .protocol import ImplicitModel, SolveSettings  # noqa: E402
 from .solvers import SOLVERS, STOP_RULES, SolverStats, get_solver  # noqa: E402
 from .stack import ModelStack  # noqa: E402
 
@@ -45,11 +46,13 @@ __all__ = [
     "ConvergenceError",
     "CorruptFileError",
     "DatasetError",
+    "ImplicitModel",
     "ModelStack",
     "NemonError",
     "NonConvergenceWarning",
     "NonFiniteError",
     "PrecisionWarning",
+    "SolveSettings",
     "SolverStats",
     "certified_accuracy",
     "certified_mask",

@@ -8,8 +8,15 @@ value and what is allowed — anything the schema or the experiment forbids:
 NaN or infinity, a float where an integer is needed (a seed of ``1.0`` would
 name a folder ``s1.0``), ``gamma >= 1``, an eps outside ``[0, 1]``, a ramp that
 ends after the run, ``device: cuda`` without a GPU, ``data_dir`` with
-``mnist-5k``, a figure eps that is not evaluated. An experiment set to null is
-switched off (``--config "experiments={mlp: null}"``).
+``mnist-5k``, a figure eps that is not evaluated, an experiment's schedule key its objective
+does not have. An experiment set to null is switched off (``--config "experiments={mlp:
+null}"``). Every experiment of the validated config names its own ``hidden``, ``epochs`` and
+``training`` (its objective's schedule: ``training.<objective>`` with the experiment's
+``training:`` merged over it), so that nothing downstream resolves a default again.
+
+The schema (``config.schema.yaml``) ships inside the package and is the only place defaults
+live: :func:`load_schema` reads it with :mod:`importlib.resources`, :func:`schema_defaults`
+gives the config that the defaults alone make.
 
 :func:`check_cores` and :func:`regeneration_message` are the runtime checks the Snakefile makes
 before any job: ``--cores`` below 1 is refused (Snakemake would wait for ever), and a run that
@@ -18,14 +25,17 @@ would replace the committed results (files under ``results/<dataset>/`` or
 true``; :data:`REGENERATION_MINUTES_PER_SEED` says how long regenerating them takes.
 
 :func:`training_groups` turns the validated config into the jobs of the grid:
-one group per ``(model, objective, gamma, seed)`` holding every value of the
-objective's weight axis, trained together as a :class:`~nemon.stack.ModelStack`
-(each member still writes its own files, see :mod:`nemon.contracts`).
+one group per ``(experiment, gamma, seed)`` holding every value of the experiment's weight axis
+(``lam`` or ``eps_t``), trained together as a :class:`~nemon.stack.ModelStack` by
+:func:`nemon.training.train_group` (each member still writes its own files, see
+:mod:`nemon.contracts`); :func:`experiment_training` gives the training settings of one
+experiment, and :func:`rule_name` the names of its rules.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
 import os
@@ -33,22 +43,45 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
 
 from .contracts import OBJECTIVE_AXIS, fmt_float, point_dir, point_keys
 from .errors import ConfigurationError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+if TYPE_CHECKING:
+    import jsonschema
+
+# the schema's file inside the package (setuptools ships it as package data)
+SCHEMA_RESOURCE = "config.schema.yaml"
 FIX = "Fix it in config.yaml or in the --configfile or --config that sets it."
 
 
-def load_schema(path: str | Path | None = None) -> dict:
-    with open(path or SCHEMA_PATH) as f:
-        return yaml.safe_load(f)
+def load_schema(path: str | os.PathLike[str] | None = None) -> dict:
+    """The workflow config's JSON schema: the package's own ``nemon/config.schema.yaml``
+    (wherever nemon is installed), or the file at ``path``."""
+    if path is None:
+        text = resources.files(__package__).joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    else:
+        text = Path(path).read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+@functools.cache
+def _defaults() -> dict:
+    schema = load_schema()
+    config: dict = {}
+    _fill_defaults(config, schema, schema)
+    return config
+
+
+def schema_defaults() -> dict:
+    """The config that the schema's defaults alone make (a fresh copy): the one source of every
+    default, e.g. ``schema_defaults()["evaluation"]["max_iter"]``."""
+    return copy.deepcopy(_defaults())
 
 
 # --- paths in the config and the schema ------------------------------------------------------
@@ -191,9 +224,28 @@ def _fill_defaults(config: dict, schema: Mapping, root: Mapping) -> None:
                 _fill_defaults(value, extra, root)
 
 
+# What a key means, added to the schema's message where the bare range would puzzle
+_HINTS = {
+    "lr_milestones": "lr_milestones are fractions of the epochs (0.5: after half of them), "
+    "not epoch numbers.",
+    "warmup": "warmup is a fraction of the epochs.",
+    "ramp": "ramp is a fraction of the epochs.",
+    "hidden": "hidden is a number of hidden units (the models' width).",
+}
+
+
 def _schema_error(err: jsonschema.ValidationError, root: Mapping) -> ConfigurationError:
     key = key_path(err.absolute_path)
+    if "propertyNames" in err.schema_path:  # a name of `experiments`
+        return ConfigurationError(
+            f"invalid config: {key}: the name {err.instance!r} cannot name an experiment: a name "
+            "is a folder and part of rule names, so it holds letters, digits, '-' and '_' only, "
+            f"and starts with a letter or digit. Rename it. {FIX}"
+        )
     msg = f"invalid config: {key}: {err.message}. Allowed: {allowed(err.schema, root)}."
+    named = [p for p in err.absolute_path if isinstance(p, str)]
+    if named and named[-1] in _HINTS:
+        msg += f" {_HINTS[named[-1]]}"
     return ConfigurationError(f"{msg} {FIX}")
 
 
@@ -208,11 +260,14 @@ def validate_config(config: dict, schema: Mapping | None = None, *, cuda_availab
     config = _switch_off(config)
     config = _coerce(config, schema, schema, [])
     _fill_defaults(config, schema, schema)
+    import jsonschema  # the workflow's dependency (schema_defaults needs only yaml)
+
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise _schema_error(errors[0], schema)
-    _check_experiments(config)
+    _check_experiments(config, schema)
+    _resolve_experiments(config)
     _check_figures(config)
     _check_runtime(config, cuda_available)
     return config
@@ -239,8 +294,12 @@ def _switch_off(config: dict) -> dict:
     return {**config, "experiments": kept}
 
 
-def _check_experiments(config: dict) -> None:
-    seen = {}
+def _schedule_keys(schema: Mapping, objective: str) -> list[str]:
+    """The schedule keys of ``objective``: those of ``training.<objective>`` in the schema."""
+    return list(schema["properties"]["training"]["properties"][objective]["properties"])
+
+
+def _check_experiments(config: dict, schema: Mapping) -> None:
     for name, exp in config["experiments"].items():
         where = f"experiments.{name}"
         axis, _ = OBJECTIVE_AXIS[exp["objective"]]
@@ -271,19 +330,40 @@ def _check_experiments(config: dict) -> None:
                 f"invalid config: {where}.lam: mon models are trained plainly, lam must be "
                 f"[0.0]. {FIX}"
             )
-        pair = (exp["model"], exp["objective"])
-        if pair in seen:
-            raise ConfigurationError(
-                f"invalid config: experiments {seen[pair]} and {name} both train model "
-                f"{pair[0]} with objective {pair[1]}; merge their grids into one experiment. {FIX}"
-            )
-        seen[pair] = name
+        keys = _schedule_keys(schema, exp["objective"])
+        for key in exp.get("training", {}):
+            if key not in keys:
+                raise ConfigurationError(
+                    f"invalid config: {where}.training.{key}: `{key}` is not a schedule key of "
+                    f"objective {exp['objective']} (its keys: {', '.join(keys)}); remove it. "
+                    f"{FIX}"
+                )
     iv = config["training"]["interval"]
     if iv["warmup"] + iv["ramp"] > 1:
         raise ConfigurationError(
             f"invalid config: training.interval: warmup {iv['warmup']} + ramp {iv['ramp']} > 1, "
             f"so the ramp would end after the run; both are fractions of training.epochs. {FIX}"
         )
+
+
+def _resolve_experiments(config: dict) -> None:
+    """Give every experiment its own ``hidden``, ``epochs`` and complete ``training`` schedule
+    (``training.<objective>`` with its ``training:`` merged over it); check the merged one."""
+    for name, exp in config["experiments"].items():
+        exp.setdefault("hidden", config["model"]["hidden"])
+        exp.setdefault("epochs", config["training"]["epochs"])
+        exp["training"] = {
+            **copy.deepcopy(config["training"][exp["objective"]]),
+            **exp.get("training", {}),
+        }
+        sch = exp["training"]
+        if "warmup" in sch and sch["warmup"] + sch["ramp"] > 1:
+            raise ConfigurationError(
+                f"invalid config: experiments.{name}.training: warmup {sch['warmup']} + ramp "
+                f"{sch['ramp']} > 1 (the keys it does not set come from training.interval), so "
+                f"the ramp would end after the experiment's {exp['epochs']} epochs; both are "
+                f"fractions of them. {FIX}"
+            )
 
 
 def _check_figures(config: dict) -> None:
@@ -479,7 +559,7 @@ def job_environment(config: Mapping) -> dict[str, str]:
 # --- the grid ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainingGroup:
-    """The grid points of one ``(model, objective, gamma, seed)``: one training job."""
+    """The grid points of one ``(experiment, gamma, seed)``: one training job."""
 
     experiment: str
     model: str
@@ -487,6 +567,8 @@ class TrainingGroup:
     gamma: float
     seed: int
     weights: tuple[float, ...]  # lam or eps_t values
+    hidden: int  # the experiment's width
+    epochs: int  # the experiment's scheduled epochs
 
     @property
     def axis(self) -> str:
@@ -495,14 +577,22 @@ class TrainingGroup:
     def point_dirs(self, prefix: str, dataset: str) -> list[str]:
         return [
             point_dir(
-                f"{prefix}results", dataset, self.model, self.objective, self.gamma, w, self.seed
+                f"{prefix}results",
+                dataset,
+                self.experiment,
+                self.objective,
+                self.gamma,
+                w,
+                self.seed,
             )
             for w in self.weights
         ]
 
     def point_keys(self, dataset: str) -> list[dict]:
         return [
-            point_keys(dataset, self.model, self.objective, self.gamma, w, self.seed)
+            point_keys(
+                dataset, self.experiment, self.model, self.objective, self.gamma, w, self.seed
+            )
             for w in self.weights
         ]
 
@@ -511,11 +601,29 @@ class TrainingGroup:
         return f"g{fmt_float(self.gamma)}_s{self.seed}"
 
 
+def rule_name(stage: str, experiment: str) -> str:
+    """``train_followup-mlp``: the rule of ``stage`` (train, evaluate) for ``experiment``."""
+    if stage not in ("train", "evaluate"):
+        raise ValueError(f"unknown stage {stage!r}: train or evaluate")
+    return f"{stage}_{experiment}"
+
+
+def experiment_training(config: Mapping, name: str) -> dict:
+    """The training settings of experiment ``name`` of the validated ``config``: the global
+    ``training`` keys, its own ``epochs``, and its objective's schedule under ``schedule``."""
+    exp = config["experiments"][name]
+    shared = {k: v for k, v in config["training"].items() if k not in OBJECTIVE_AXIS}
+    return {**copy.deepcopy(shared), "epochs": exp["epochs"], "schedule": dict(exp["training"])}
+
+
 # --- scheduling --------------------------------------------------------------------------------
 # CPU cost of one grid point relative to a NEMON model of the paper's objective at gamma = 0, per
 # (model, objective): the per-point training times of the committed Fashion-MNIST run (commit
-# 5b51830; per point 42 s for NEMON, 141 s interval-trained, 10 s and 29 s for the MLP, 66 s for
-# MON at gamma 0.9). A scheduling hint only: a wrong value costs wall time, never a result.
+# 5b51830, REFERENCE_HIDDEN units, REFERENCE_EPOCHS epochs; per point 42 s for NEMON, 141 s
+# interval-trained, 10 s and 29 s for the MLP, 66 s for MON at gamma 0.9). A scheduling hint
+# only: a wrong value costs wall time, never a result.
+REFERENCE_HIDDEN = 100
+REFERENCE_EPOCHS = 30
 POINT_COST = {
     ("nemon", "lipschitz"): 1.0,
     ("nemon-unweighted", "lipschitz"): 1.0,
@@ -526,29 +634,48 @@ POINT_COST = {
 }
 
 
-def job_cost(model: str, objective: str, gamma: float, points: int) -> float:
-    """Relative cost of a job of ``points`` grid points: larger gamma, more solver iterations.
+def job_cost(
+    model: str, objective: str, gamma: float, points: int, *, hidden: int, epochs: int
+) -> float:
+    """Relative cost of a job of ``points`` grid points of width ``hidden`` trained ``epochs``.
 
     A solve's iteration count grows like ``1 / (1 - gamma)`` (the contraction rate of the
     averaged iteration, MATH 3) on top of a fixed part per step; ``1 + 0.9 / (1 - gamma)``
     fits the measured stacks of the paper grid (42, 70 and 221 s per point at gamma 0, 0.5,
-    0.9; the formula gives 42, 62, 221). The workflow gives each job a priority from it, so that
-    Snakemake starts the longest chains of jobs first (see :func:`job_priority`).
+    0.9; the formula gives 42, 62, 221). The cost is proportional to the epochs, and taken as
+    proportional to the width (every product of a step, the n x 784 input layer's and the
+    solver's n x n ones, grows at least linearly in n). The workflow gives each job a priority
+    from it, so that Snakemake starts the longest chains of jobs first (see
+    :func:`job_priority`).
     """
-    return points * POINT_COST.get((model, objective), 1.0) * (1.0 + 0.9 / (1.0 - gamma))
+    scale = (hidden / REFERENCE_HIDDEN) * (epochs / REFERENCE_EPOCHS)
+    return points * POINT_COST.get((model, objective), 1.0) * scale * (1.0 + 0.9 / (1.0 - gamma))
 
 
-def job_priority(stage: str, model: str, objective: str, gamma: float, points: int) -> int:
+def job_priority(
+    stage: str,
+    model: str,
+    objective: str,
+    gamma: float,
+    points: int,
+    *,
+    hidden: int,
+    epochs: int,
+) -> int:
     """Snakemake priority of a ``train`` or ``evaluate`` job (higher runs first).
 
-    Longest path first: a training job is followed by its group's evaluation, of about the
-    same relative cost, so it counts both; an evaluation counts itself. On 2 cores this starts
-    the paper grid's gamma-0.9 group first instead of wherever the scheduler happens to put it.
+    Longest path first: a training job is followed by its group's evaluation, so it counts
+    both; an evaluation counts itself. An evaluation costs about as much as training for
+    REFERENCE_EPOCHS epochs, whatever the experiment's epochs. On 2 cores this starts the paper
+    grid's gamma-0.9 group first instead of wherever the scheduler happens to put it.
     """
     if stage not in ("train", "evaluate"):
         raise ValueError(f"unknown stage {stage!r}: train or evaluate")
-    cost = job_cost(model, objective, gamma, points)
-    return round(10 * (2 * cost if stage == "train" else cost))
+    evaluation = job_cost(model, objective, gamma, points, hidden=hidden, epochs=REFERENCE_EPOCHS)
+    if stage == "evaluate":
+        return round(10 * evaluation)
+    training = job_cost(model, objective, gamma, points, hidden=hidden, epochs=epochs)
+    return round(10 * (training + evaluation))
 
 
 def training_groups(config: dict) -> list[TrainingGroup]:
@@ -561,12 +688,14 @@ def training_groups(config: dict) -> list[TrainingGroup]:
             weights = tuple(float(w) for w in exp[axis])
             groups.append(
                 TrainingGroup(
-                    name, exp["model"], exp["objective"], float(gamma), int(seed), weights
+                    name,
+                    exp["model"],
+                    exp["objective"],
+                    float(gamma),
+                    int(seed),
+                    weights,
+                    hidden=int(exp["hidden"]),
+                    epochs=int(exp["epochs"]),
                 )
             )
-    return sorted(groups, key=lambda g: (-g.gamma, g.model, g.objective, g.seed))
-
-
-def rule_suffix(model: str, objective: str) -> str:
-    """``nemon-unweighted``, ``lipschitz`` -> ``nemon_unweighted_lipschitz`` (rule names)."""
-    return f"{model}_{objective}".replace("-", "_")
+    return sorted(groups, key=lambda g: (-g.gamma, g.experiment, g.seed))

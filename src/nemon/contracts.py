@@ -1,8 +1,11 @@
 """The contracts between workflow stages, in one place (scripts, tests and docs use these).
 
 A *grid point* is one trained model, named by its keys :data:`POINT_KEYS`:
-``dataset, model, objective, gamma, lam, eps_t, seed``. Its files live in one
-folder (:func:`point_dir`):
+``dataset, experiment, model, objective, gamma, lam, eps_t, seed``. The experiment (its name
+under ``experiments:`` in the config) is the identity: two experiments may share model and
+objective. Its files live in one folder (:func:`point_dir`,
+``<root>/<dataset>/models/<experiment>/g<gamma>_<l|e><weight>_s<seed>/``), which names every key
+but the model (:data:`FOLDER_KEYS`; the records name the model):
 
 * ``model.pt`` — the weights (:func:`save_model` / :func:`load_model`); its
   SHA-256 is recorded in ``metrics.json`` and checked on every load;
@@ -15,6 +18,7 @@ The aggregation joins them into ``summary.csv`` (:data:`SUMMARY_COLUMNS`) and
 ``robustness.csv`` per data set. Every record is validated when read
 (:func:`read_json_record`, :func:`read_robustness`): ranges, required keys and
 agreement with the folder it sits in; a bad file is an error naming it.
+:func:`member_name` names a model within its training group (``lam=0.001``, ``eps_t=0.1``).
 """
 
 from __future__ import annotations
@@ -38,7 +42,12 @@ MODELS = ("nemon", "nemon-unweighted", "mlp", "mon")
 OBJECTIVES = ("lipschitz", "interval")
 # the weight axis of each objective, and the letter naming it in a folder
 OBJECTIVE_AXIS = {"lipschitz": ("lam", "l"), "interval": ("eps_t", "e")}
-POINT_KEYS = ["dataset", "model", "objective", "gamma", "lam", "eps_t", "seed"]
+POINT_KEYS = ["dataset", "experiment", "model", "objective", "gamma", "lam", "eps_t", "seed"]
+# the keys a model's folder names (the model is named by its records)
+FOLDER_KEYS = [k for k in POINT_KEYS if k != "model"]
+# an experiment name: a folder, part of a rule name and a table cell (the config schema's
+# propertyNames of `experiments` says the same; tests/test_contracts.py holds them equal)
+EXPERIMENT_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_-]*$"
 MODEL_FORMAT = "nemon.model/1"
 
 
@@ -179,18 +188,25 @@ def point_name(objective: str, gamma: float, weight: float, seed: int) -> str:
     return f"g{fmt_float(gamma)}_{letter}{fmt_float(weight)}_s{int(seed)}"
 
 
-def point_dir(root: str, dataset: str, model: str, objective: str, gamma, weight, seed) -> str:
-    """``{root}/{dataset}/models/{model}/{objective}/{point_name}``."""
-    return (
-        f"{root}/{dataset}/models/{model}/{objective}/{point_name(objective, gamma, weight, seed)}"
-    )
+def member_name(objective: str, weight: float) -> str:
+    """``lam=0.001`` / ``eps_t=0.1``: a model within its training group (logs, side files)."""
+    axis, _ = OBJECTIVE_AXIS[objective]
+    return f"{axis}={weight:g}"
 
 
-def point_keys(dataset: str, model: str, objective: str, gamma, weight, seed) -> dict:
+def point_dir(root: str, dataset: str, experiment: str, objective: str, gamma, weight, seed) -> str:
+    """``{root}/{dataset}/models/{experiment}/{point_name}``."""
+    return f"{root}/{dataset}/models/{experiment}/{point_name(objective, gamma, weight, seed)}"
+
+
+def point_keys(
+    dataset: str, experiment: str, model: str, objective: str, gamma, weight, seed
+) -> dict:
     """The :data:`POINT_KEYS` of a grid point (the unused weight axis is 0)."""
     axis, _ = OBJECTIVE_AXIS[objective]
     return {
         "dataset": dataset,
+        "experiment": experiment,
         "model": model,
         "objective": objective,
         "gamma": float(gamma),
@@ -206,6 +222,7 @@ _NONNEG = {"type": "number", "minimum": 0}
 _COUNT = {"type": "integer", "minimum": 0}
 _KEYS_SCHEMA = {
     "dataset": {"type": "string"},
+    "experiment": {"type": "string", "pattern": EXPERIMENT_PATTERN},
     "model": {"enum": list(MODELS)},
     "objective": {"enum": list(OBJECTIVES)},
     "gamma": {"type": "number", "exclusiveMaximum": 1},
@@ -405,26 +422,34 @@ def read_robustness(path: str | os.PathLike[str], *, expect: Mapping | None = No
 
 
 def keys_from_path(path: str | os.PathLike[str]) -> dict:
-    """The :data:`POINT_KEYS` a per-model file's folder names (inverse of :func:`point_dir`)."""
+    """The :data:`FOLDER_KEYS` a per-model file's folder names (inverse of :func:`point_dir`):
+    every key of :data:`POINT_KEYS` but the model, which only the records name. The objective
+    is the weight's letter (``l``: lipschitz, ``e``: interval)."""
     import re
 
     parts = Path(path).parts
     try:
         i = len(parts) - 1 - parts[::-1].index("models")
-        dataset, model, objective, point = parts[i - 1], parts[i + 1], parts[i + 2], parts[i + 3]
+        dataset, experiment, point = parts[i - 1], parts[i + 1], parts[i + 2]
+        if i + 4 != len(parts):  # models/<experiment>/<point>/<file>
+            raise IndexError
     except (ValueError, IndexError):
         raise ConfigurationError(
-            f"{path} is not inside .../<dataset>/models/<model>/<objective>/<point>/"
+            f"{path} is not a file in .../<dataset>/models/<experiment>/<point>/ (the layout of "
+            "nemon.contracts.point_dir); rebuild it with the workflow"
         ) from None
-    if objective not in OBJECTIVE_AXIS:
-        raise ConfigurationError(f"{path}: unknown objective folder {objective!r}")
-    _, letter = OBJECTIVE_AXIS[objective]
-    m = re.fullmatch(rf"g([^_]+)_{letter}([^_]+)_s([0-9]+)", point)
+    if not re.fullmatch(EXPERIMENT_PATTERN, experiment):
+        raise ConfigurationError(f"{path}: {experiment!r} is not an experiment name")
+    letters = {letter: objective for objective, (_, letter) in OBJECTIVE_AXIS.items()}
+    m = re.fullmatch(rf"g([^_]+)_([{''.join(letters)}])([^_]+)_s([0-9]+)", point)
     if not m:
         raise ConfigurationError(f"{path}: the folder {point!r} does not name a grid point")
-    return point_keys(
-        dataset, model, objective, float(m.group(1)), float(m.group(2)), int(m.group(3))
+    objective = letters[m.group(2)]
+    keys = point_keys(
+        dataset, experiment, "", objective, float(m.group(1)), float(m.group(3)), int(m.group(4))
     )
+    del keys["model"]
+    return keys
 
 
 def write_table(df, path: str | os.PathLike[str]) -> None:

@@ -29,7 +29,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -37,7 +37,6 @@ from torch import Tensor, nn
 
 from . import attacks
 from ._checks import check_eps
-from ._solves import frozen_weights
 from .attacks import inversion_attack
 from .certificates import certified_mask, lipschitz_radius
 from .contracts import DEGENERATE_SHARE
@@ -50,50 +49,106 @@ from .training import to_pixels
 CERTIFICATE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+# Every default of the evaluation lives in the config schema (nemon/config.schema.yaml, block
+# `evaluation:`), nowhere else: a field left at None takes the schema's default when the
+# settings are built. Field -> its key path in the `evaluation:` block.
+_EVALUATION_KEYS = {
+    "tol": ("tol",),
+    "max_iter": ("max_iter",),
+    "attack_tol": ("attack_tol",),
+    "batch_size": ("batch_size",),
+    "subset_seed": ("subset_seed",),
+    "inversion_eps": ("inversion", "eps"),
+    "lipschitz_eps": ("certified_lipschitz", "eps"),
+    "interval_eps": ("certified_interval", "eps"),
+    "lower_bound_images": ("lipschitz_lower", "images"),
+    "lower_bound_steps": ("lipschitz_lower", "steps"),
+    "lower_bound_step_size": ("lipschitz_lower", "step_size"),
+    "warm_start": ("warm_start",),
+    "certificate_dtype": ("certificate_dtype",),
+    "skip_certified": ("skip_certified",),
+}
+_ATTACKS = ("pgd", "autoattack")
+
+
+def _lookup(block: Mapping, path: Sequence[str]):
+    for key in path:
+        if not isinstance(block, Mapping) or key not in block:
+            return None
+        block = block[key]
+    return block
+
+
 @dataclass(frozen=True)
 class AttackSettings:
-    """One costly attack: its radii, how many test images, and its iteration budget."""
+    """One costly attack: its radii, how many test images, and its iteration budget.
 
-    eps: tuple[float, ...] = ()
-    images: int = 1000
-    steps: int = 50
-    restarts: int = 1
-    queries: int = 5000  # Square's query budget (AutoAttack)
+    A field left at None takes the schema's default for the attack it is given to in
+    :class:`EvalSettings` (``evaluation.pgd`` or ``evaluation.autoattack``); a field that
+    attack has no key for stays None (``restarts`` of AutoAttack, ``queries`` of PGD).
+    """
+
+    eps: tuple[float, ...] | None = None
+    images: int | None = None
+    steps: int | None = None
+    restarts: int | None = None  # PGD's restarts
+    queries: int | None = None  # Square's query budget (AutoAttack)
+
+    @classmethod
+    def from_config(cls, block: Mapping) -> AttackSettings:
+        """From an attack's block of the config (``evaluation.pgd``, ``evaluation.autoattack``)."""
+        return cls(**{f.name: block.get(f.name) for f in fields(cls)})
+
+    def completed(self, defaults: Mapping) -> AttackSettings:
+        """These settings with every field left at None taken from ``defaults`` (the attack's
+        block of the schema's defaults)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values = {k: defaults.get(k) if v is None else v for k, v in values.items()}
+        if values["eps"] is not None:
+            values["eps"] = tuple(values["eps"])
+        return AttackSettings(**values)
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """Everything the evaluation stage needs (the ``evaluation:`` block of the config)."""
+    """Everything the evaluation stage needs (the ``evaluation:`` block of the config).
 
-    tol: float = 1e-6
-    max_iter: int = 3000
-    attack_tol: float = 1e-5
-    batch_size: int = 1000
-    subset_seed: int = 0
-    inversion_eps: tuple[float, ...] = (0.0, 0.1)
-    lipschitz_eps: tuple[float, ...] = (0.0, 0.1)
-    interval_eps: tuple[float, ...] = (0.0, 0.1)
-    pgd: AttackSettings = field(default_factory=AttackSettings)
-    autoattack: AttackSettings = field(default_factory=lambda: AttackSettings(images=200))
-    lower_bound_images: int = 8
-    lower_bound_steps: int = 30
-    lower_bound_step_size: float = 0.02
+    Every field left at None (the default of each) takes the config schema's default, so
+    ``EvalSettings(tol=1e-8)`` is the schema's evaluation at another tolerance;
+    :meth:`from_config` builds the settings from a (validated) ``evaluation`` block.
+    """
+
+    tol: float | None = None
+    max_iter: int | None = None
+    attack_tol: float | None = None
+    batch_size: int | None = None
+    subset_seed: int | None = None
+    inversion_eps: tuple[float, ...] | None = None
+    lipschitz_eps: tuple[float, ...] | None = None
+    interval_eps: tuple[float, ...] | None = None
+    pgd: AttackSettings | None = None
+    autoattack: AttackSettings | None = None
+    lower_bound_images: int | None = None
+    lower_bound_steps: int | None = None
+    lower_bound_step_size: float | None = None
     # PGD's and AutoAttack's solves start from the last solution (NEMON.warm_starts)
-    warm_start: bool = False
+    warm_start: bool | None = None
     # the dtype the certificates are computed in (MATH 12: in float32 the rounding term of
     # the error bars costs certified accuracy; in float64 it is negligible)
-    certificate_dtype: str = "float64"
+    certificate_dtype: str | None = None
     # inputs certified at an attack's eps (either certificate) are not attacked (MATH 6)
-    skip_certified: bool = True
+    skip_certified: bool | None = None
 
     def __post_init__(self) -> None:
+        self._complete()
         for name in ("inversion_eps", "lipschitz_eps", "interval_eps"):
             for e in getattr(self, name):
                 check_eps(e)
         for atk in (self.pgd, self.autoattack):
             for e in atk.eps:
                 check_eps(e)
-            if atk.images < 1 or atk.steps < 1 or atk.restarts < 1:
+            budgets = (atk.images, atk.steps, atk.restarts, atk.queries)
+            if any(v is not None and v < 1 for v in budgets):
                 raise ConfigurationError(f"attack settings must be >= 1, got {atk}")
         if self.certificate_dtype not in CERTIFICATE_DTYPES:
             raise ConfigurationError(
@@ -106,33 +161,30 @@ class EvalSettings:
                 f"{self.pgd.images}: AutoAttack's subset is nested in PGD's"
             )
 
+    def _complete(self) -> None:
+        """Fill every field left at None with the schema's default (frozen: set in place once,
+        while the object is being built)."""
+        from .config import schema_defaults  # reads the package's schema
+
+        defaults = schema_defaults()["evaluation"]
+        for name, path in _EVALUATION_KEYS.items():
+            value = getattr(self, name)
+            if value is None:
+                value = _lookup(defaults, path)
+            if name.endswith("_eps"):
+                value = tuple(value)
+            object.__setattr__(self, name, value)
+        for name in _ATTACKS:
+            atk = getattr(self, name) or AttackSettings()
+            object.__setattr__(self, name, atk.completed(defaults[name]))
+
     @classmethod
-    def from_config(cls, cfg: dict) -> EvalSettings:
-        """From the validated ``evaluation`` block of the workflow config."""
+    def from_config(cls, cfg: Mapping) -> EvalSettings:
+        """From the ``evaluation`` block of the workflow config (validated; keys it lacks take
+        the schema's defaults)."""
         return cls(
-            tol=cfg["tol"],
-            max_iter=cfg["max_iter"],
-            attack_tol=cfg["attack_tol"],
-            batch_size=cfg["batch_size"],
-            subset_seed=cfg["subset_seed"],
-            inversion_eps=tuple(cfg["inversion"]["eps"]),
-            lipschitz_eps=tuple(cfg["certified_lipschitz"]["eps"]),
-            interval_eps=tuple(cfg["certified_interval"]["eps"]),
-            pgd=AttackSettings(
-                **{k: cfg["pgd"][k] for k in ("eps", "images", "steps", "restarts")}
-            ),
-            autoattack=AttackSettings(
-                eps=tuple(cfg["autoattack"]["eps"]),
-                images=cfg["autoattack"]["images"],
-                steps=cfg["autoattack"]["steps"],
-                queries=cfg["autoattack"]["queries"],
-            ),
-            lower_bound_images=cfg["lipschitz_lower"]["images"],
-            lower_bound_steps=cfg["lipschitz_lower"]["steps"],
-            lower_bound_step_size=cfg["lipschitz_lower"]["step_size"],
-            warm_start=cfg["warm_start"],
-            certificate_dtype=cfg["certificate_dtype"],
-            skip_certified=cfg["skip_certified"],
+            **{name: _lookup(cfg, path) for name, path in _EVALUATION_KEYS.items()},
+            **{name: AttackSettings.from_config(cfg.get(name, {})) for name in _ATTACKS},
         )
 
 
@@ -220,9 +272,9 @@ def evaluate_model(
     model's keys); ``record`` the scalars of ``evaluation.json`` (clean accuracy,
     the Lipschitz lower bound, timings, settings). The weights stay as they are
     throughout, so what depends on them alone is built once
-    (:meth:`nemon.model.NEMON.frozen_weights`).
+    (``solving(frozen=True)`` of :class:`nemon.protocol.ImplicitModel`).
     """
-    with frozen_weights(model):
+    with model.solving(frozen=True):
         return _evaluate_model(model, test_x, test_y, settings, progress)
 
 
@@ -255,9 +307,8 @@ def _evaluate_model(
         return X[i:j].to(dev, cdt), Y[i:j].to(dev)
 
     with (
-        model.solver_settings(tol=s.tol, max_iter=s.max_iter, stop="step"),
-        cert_model.solver_settings(tol=s.tol, max_iter=s.max_iter, stop="step"),
-        frozen_weights(cert_model),
+        model.solving(tol=s.tol, max_iter=s.max_iter, stop="step"),
+        cert_model.solving(tol=s.tol, max_iter=s.max_iter, stop="step", frozen=True),
         torch.no_grad(),
     ):
         t0 = time.perf_counter()
@@ -345,10 +396,7 @@ def _evaluate_model(
             res = run_attack(model, name, u, y, eps, s, certified=_on(known, idx))
             ok = torch.zeros(N, dtype=torch.bool)
             ok[idx] = res.robust.cpu()
-            with (
-                torch.no_grad(),
-                model.solver_settings(tol=s.tol, max_iter=s.max_iter, stop="step"),
-            ):
+            with torch.no_grad(), model.solving(tol=s.tol, max_iter=s.max_iter, stop="step"):
                 adv_pred = torch.cat(
                     [
                         model(res.adversarial[i : i + bs]).argmax(dim=1).cpu()

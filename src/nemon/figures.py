@@ -10,6 +10,11 @@ mean with a band of one standard deviation; points marked hollow are
 marked with a black cross come from solves that stopped at ``max_iter``
 (only where ``evaluation.allow_not_converged`` let them through).
 
+Models are grouped by *experiment* (the ``experiment`` column, the name under ``experiments:``
+in the config), not by model and objective: two experiments may train the same model with the
+same objective under other settings (width, epochs, schedule). Panels, curves and legends name
+experiments, in the order of their names.
+
 The plotting functions return a :class:`matplotlib.figure.Figure` built
 without pyplot (no global figure state); :func:`save_figure` writes PDF or PNG
 without the creation date and software version, so that rerendering the same
@@ -60,7 +65,7 @@ INSTRUMENT_LABELS = {
     "certified_lipschitz": "certified, Lipschitz (MATH 6)",
     "certified_interval": "certified, interval (MATH 9)",
 }
-CONFIG_KEYS = ["model", "objective", "gamma", "lam", "eps_t"]
+CONFIG_KEYS = ["experiment", "model", "objective", "gamma", "lam", "eps_t"]
 STYLE = "whitegrid"  # seaborn style, applied in a context so no global rcParams change
 
 
@@ -80,18 +85,27 @@ def _num(v: float) -> str:
     return f"{v:g}"
 
 
-def config_label(model: str, objective: str, gamma: float, lam: float, eps_t: float) -> str:
-    """``nemon lipschitz γ=0.5 λ=0.001`` / ``mlp interval ε_t=0.1``: one model configuration."""
-    parts = [model, objective]
+def config_label(
+    experiment: str, model: str, objective: str, gamma: float, lam: float, eps_t: float
+) -> str:
+    """``paper (nemon lipschitz) γ=0.5 λ=0.001`` / ``mlp-ibp (mlp interval) ε_t=0.1``: one
+    model configuration (:data:`CONFIG_KEYS`)."""
+    parts = [f"{experiment} ({model} {objective})"]
     if model != "mlp":
         parts.append(f"γ={_num(gamma)}")
     parts.append(f"λ={_num(lam)}" if objective == "lipschitz" else f"ε_t={_num(eps_t)}")
     return " ".join(parts)
 
 
-def family(model: str, objective: str, gamma: float) -> str:
-    """The panel a configuration belongs to: model, objective and gamma (the weight varies)."""
-    return f"{model} {objective}" + ("" if model == "mlp" else f" γ={_num(gamma)}")
+def family(experiment: str, model: str, gamma: float) -> str:
+    """The panel a configuration belongs to: experiment and gamma (the weight varies)."""
+    return experiment + ("" if model == "mlp" else f" γ={_num(gamma)}")
+
+
+def _palette(names: Sequence[str]) -> dict:
+    """A distinct colour per name (tab10 up to ten, then evenly spaced hues)."""
+    colours = sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names))
+    return dict(zip(names, colours, strict=True))
 
 
 def pareto_front(x: Sequence[float], y: Sequence[float]) -> np.ndarray:
@@ -126,7 +140,8 @@ def _weight(df: pd.DataFrame) -> pd.Series:
 
 
 def plot_accuracy_vs_eps(robustness: pd.DataFrame, *, title: str | None = None) -> Figure:
-    """Accuracy against ``eps``: a row of panels per model family, a column per instrument.
+    """Accuracy against ``eps``: a row of panels per experiment and gamma, a column per
+    instrument.
 
     Within a panel, colour is the objective's weight (``lam`` or ``eps_t``);
     lines join the seed means, bands span one standard deviation. Every
@@ -141,10 +156,10 @@ def plot_accuracy_vs_eps(robustness: pd.DataFrame, *, title: str | None = None) 
     own = df["inputs"].eq("test") | df["attack"].isin(["pgd", "autoattack"])
     df = df[own]
     df["family"] = [
-        family(m, o, g) for m, o, g in zip(df["model"], df["objective"], df["gamma"], strict=True)
+        family(x, m, g) for x, m, g in zip(df["experiment"], df["model"], df["gamma"], strict=True)
     ]
     df["weight"] = _weight(df)
-    fams = list(dict.fromkeys(df.sort_values(["model", "objective", "gamma"])["family"]))
+    fams = list(dict.fromkeys(df.sort_values(["experiment", "gamma"])["family"]))
     instruments = [i for i in INSTRUMENT_LABELS if i in set(df["attack"])]
     with sns.axes_style(STYLE):
         fig = Figure(
@@ -229,8 +244,8 @@ def _pareto_panel(ax, pts: pd.DataFrame, ylabel: str) -> None:
         linewidth=1.0,
         zorder=1,
     )
-    fams = list(dict.fromkeys(pts.sort_values(["model", "objective"])["kind"]))
-    palette = dict(zip(fams, sns.color_palette("tab10", len(fams)), strict=True))
+    fams = list(dict.fromkeys(pts.sort_values(["kind"])["kind"]))
+    palette = _palette(fams)
     for fam in fams:
         q = pts[pts["kind"] == fam]
         col = palette[fam]
@@ -284,7 +299,7 @@ def plot_pareto(
 
     Three panels: PGD accuracy at ``eps``, certified accuracy at ``eps`` (the
     larger of the two certificates, both sound), and the paper's inversion
-    accuracy at ``inversion_eps``. Colour is the model and objective; the models
+    accuracy at ``inversion_eps``. Colour is the experiment (the legend names it); the models
     on the Pareto front of the means are circled and joined by the staircase.
     """
     _require(summary, [*POINT_KEYS, "clean_acc"], "summary")
@@ -329,7 +344,7 @@ def plot_pareto(
                     f"{len(summary) - len(df)} model(s) of the summary have no row for "
                     f"'{ylabel}' in the robustness table; rebuild both tables with the workflow"
                 )
-            by = ["model", "objective", "gamma", "lam", "eps_t"]
+            by = CONFIG_KEYS
             c = seed_means(df, "clean_acc", by).rename(
                 columns={"mean": "clean_mean", "std": "clean_std"}
             )
@@ -340,7 +355,7 @@ def plot_pareto(
                 degenerate=("degenerate", "any"), not_converged=("not_converged", "max")
             )
             pts = c.merge(r, on=by).merge(d, on=by)
-            pts["kind"] = pts["model"] + " " + pts["objective"]
+            pts["kind"] = pts["experiment"]
             _pareto_panel(ax, pts, ylabel)
         handles, labels = axes[-1].get_legend_handles_labels()
         axes[-1].legend(
@@ -360,7 +375,7 @@ def plot_lipschitz(summary: pd.DataFrame, *, title: str | None = None) -> Figure
     """The Lipschitz bound (MATH 5) and its tightness against ``lam`` (lipschitz objective).
 
     Left: the bound of every model of the lipschitz objective, one line per
-    model and ``gamma`` (seed means ± SD), ``lam`` on a symmetric-log axis so
+    experiment and ``gamma`` (seed means ± SD), ``lam`` on a symmetric-log axis so
     that ``lam = 0`` has a place. Right: bound / empirical lower bound (the
     largest local Lipschitz constant found by a gradient search): how loose
     the certificate's constant is.
@@ -370,9 +385,9 @@ def plot_lipschitz(summary: pd.DataFrame, *, title: str | None = None) -> Figure
     if df.empty:
         raise ValueError("the summary has no model of the lipschitz objective; nothing to plot")
     df["curve"] = [
-        family(m, "", g).replace("  ", " ") for m, g in zip(df["model"], df["gamma"], strict=True)
+        family(x, m, g) for x, m, g in zip(df["experiment"], df["model"], df["gamma"], strict=True)
     ]
-    curves = list(dict.fromkeys(df.sort_values(["model", "gamma"])["curve"]))
+    curves = list(dict.fromkeys(df.sort_values(["experiment", "gamma"])["curve"]))
     palette = dict(zip(curves, sns.color_palette("rocket", len(curves)), strict=True))
     with sns.axes_style(STYLE):
         fig = Figure(figsize=(11.0, 4.5), layout="constrained")

@@ -5,7 +5,9 @@
 Seeds are aggregated as mean ± standard deviation. Every claim about a trend is a *paired*
 difference: models of one group share their initial weights and data order (same seed), so
 the difference between two grid points is taken seed by seed, and reported as its mean with a
-95% t-interval over the seeds.
+95% t-interval over the seeds. A configuration is an experiment's grid point (:data:`KEYS`):
+two experiments may train the same model with the same objective under other settings, so
+every table names the experiment and every difference is taken within named experiments.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-KEYS = ["model", "objective", "gamma", "lam", "eps_t"]
+from .contracts import ROBUSTNESS_COLUMNS, SUMMARY_COLUMNS
+
+KEYS = ["experiment", "model", "objective", "gamma", "lam", "eps_t"]
 
 # (column name, attack, eps, inputs: "test" or "subset") of the summary tables
 INSTRUMENTS = [
@@ -34,8 +38,27 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 
 
 def load(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``summary.csv`` and ``robustness.csv`` of ``folder``; a table without the columns of
+    :data:`~nemon.contracts.SUMMARY_COLUMNS` / ``ROBUSTNESS_COLUMNS`` (e.g. one written before
+    the ``experiment`` column) is an error naming it and the missing columns."""
     folder = Path(folder)
-    return pd.read_csv(folder / "summary.csv"), pd.read_csv(folder / "robustness.csv")
+    tables = []
+    for name, columns in (("summary.csv", SUMMARY_COLUMNS), ("robustness.csv", ROBUSTNESS_COLUMNS)):
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(
+                f"{path} does not exist: give a folder holding summary.csv and "
+                "robustness.csv (results/<dataset>), made by the workflow"
+            )
+        df = pd.read_csv(path)
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise ValueError(
+                f"{path} lacks the column(s) {missing} (a table of an older layout); rebuild it "
+                "with the workflow (snakemake ... --config regenerate=true, or output_prefix=...)"
+            )
+        tables.append(df)
+    return tables[0], tables[1]
 
 
 def per_model(summary: pd.DataFrame, robustness: pd.DataFrame) -> pd.DataFrame:
@@ -77,12 +100,21 @@ def seed_summary(models: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
 def paired_difference(
     models: pd.DataFrame, column: str, change: dict, base: dict, by: Sequence[str] = ("seed",)
 ) -> tuple[float, float, float, int]:
-    """Mean of ``column``(change) - ``column``(base), seed by seed, and its 95% t-interval."""
+    """Mean of ``column``(change) - ``column``(base), seed by seed, and its 95% t-interval.
+
+    ``change`` and ``base`` must each select at most one model per seed (name the experiment:
+    two experiments can hold the same model, objective and weight)."""
 
     def pick(sel: dict) -> pd.Series:
         m = models
         for k, v in sel.items():
             m = m[m[k] == v]
+        if m.duplicated(list(by)).any():
+            raise ValueError(
+                f"{sel} selects more than one model per {', '.join(by)} "
+                f"({sorted(set(m['experiment'])) if 'experiment' in m else 'no experiment'}); "
+                "add the experiment to the selection"
+            )
         return m.set_index(list(by))[column]
 
     d = (pick(change) - pick(base)).dropna()
@@ -118,55 +150,72 @@ def _cell(v) -> str:
     return str(v)
 
 
+def _experiments(models: pd.DataFrame, model: str, objective: str) -> list[str]:
+    """The experiments of ``models`` that train ``model`` with ``objective``, by name."""
+    sel = models[(models["model"] == model) & (models["objective"] == objective)]
+    return sorted(sel["experiment"].unique())
+
+
 def report(folder: str | Path) -> str:
     """Every README table of one data set, as Markdown."""
     summary, robustness = load(folder)
     models = per_model(summary, robustness)
     inst = [name for name, *_ in INSTRUMENTS if name in models]
     parts = []
-    paper = models[(models["model"] == "nemon") & (models["objective"] == "lipschitz")]
+    is_paper = (models["model"] == "nemon") & (models["objective"] == "lipschitz")
+    paper = models[is_paper]
     cols = ["clean_acc", "lipschitz_bound", "lipschitz_tightness", *inst]
     t = seed_summary(paper, cols).drop(columns=["model", "objective", "eps_t"])
-    parts.append("Paper grid (nemon, lipschitz objective), mean ± SD over seeds:\n\n" + markdown(t))
-    others = models[~((models["model"] == "nemon") & (models["objective"] == "lipschitz"))]
-    others = pd.concat([others, paper[paper["lam"].isin([0.0, 0.01])]])
+    parts.append(
+        "Paper grid (experiments of nemon with the lipschitz objective), mean ± SD over seeds:\n\n"
+        + markdown(t)
+    )
+    others = pd.concat([models[~is_paper], paper[paper["lam"].isin([0.0, 0.01])]])
     t = seed_summary(others, ["clean_acc", *inst])
     parts.append("Certified training and baselines, mean ± SD over seeds:\n\n" + markdown(t))
     rows = []
-    for gamma in sorted(paper["gamma"].unique()):
-        for lam in sorted(paper["lam"].unique()):
-            if lam == 0:
-                continue
-            row = {"gamma": gamma, "lam": lam}
-            for c in ["clean_acc", *[i for i in inst if i != "interval cert 0.1"]]:
-                base = {"model": "nemon", "objective": "lipschitz", "gamma": gamma, "lam": 0.0}
-                change = {**base, "lam": lam}
-                row[c] = fmt_diff(*paired_difference(models, c, change, base))
-            rows.append(row)
+    for experiment in _experiments(models, "nemon", "lipschitz"):
+        mine = paper[paper["experiment"] == experiment]
+        for gamma in sorted(mine["gamma"].unique()):
+            for lam in sorted(mine.loc[mine["gamma"] == gamma, "lam"].unique()):
+                if lam == 0:
+                    continue
+                row = {"experiment": experiment, "gamma": gamma, "lam": lam}
+                for c in ["clean_acc", *[i for i in inst if i != "interval cert 0.1"]]:
+                    base = {"experiment": experiment, "gamma": gamma, "lam": 0.0}
+                    change = {**base, "lam": lam}
+                    row[c] = fmt_diff(*paired_difference(models, c, change, base))
+                rows.append(row)
     parts.append(
-        "Effect of lam against lam = 0 (same gamma and seed): mean paired difference "
-        "[95% t-interval]:\n\n" + markdown(pd.DataFrame(rows))
+        "Effect of lam against lam = 0 (same experiment, gamma and seed): mean paired "
+        "difference [95% t-interval]:\n\n" + markdown(pd.DataFrame(rows))
     )
     rows = []
-    for eps_t in sorted(models.loc[models["objective"] == "interval", "eps_t"].unique()):
-        for gamma in sorted(
-            models.loc[
-                (models["objective"] == "interval") & (models["model"] == "nemon"), "gamma"
-            ].unique()
-        ):
-            row = {"eps_t": eps_t, "nemon gamma": gamma}
-            for c in ["clean_acc", *inst]:
-                change = {"model": "nemon", "objective": "interval", "gamma": gamma, "eps_t": eps_t}
-                base = {"model": "mlp", "objective": "interval", "eps_t": eps_t}
-                row[c] = fmt_diff(*paired_difference(models, c, change, base))
-            rows.append(row)
+    for nemon_exp in _experiments(models, "nemon", "interval"):
+        nemons = models[models["experiment"] == nemon_exp]
+        for mlp_exp in _experiments(models, "mlp", "interval"):
+            mlps = models[models["experiment"] == mlp_exp]
+            common = sorted(set(nemons["eps_t"]) & set(mlps["eps_t"]))
+            for eps_t in common:
+                for gamma in sorted(nemons["gamma"].unique()):
+                    row = {
+                        "nemon": nemon_exp,
+                        "mlp": mlp_exp,
+                        "eps_t": eps_t,
+                        "nemon gamma": gamma,
+                    }
+                    for c in ["clean_acc", *inst]:
+                        change = {"experiment": nemon_exp, "gamma": gamma, "eps_t": eps_t}
+                        base = {"experiment": mlp_exp, "eps_t": eps_t}
+                        row[c] = fmt_diff(*paired_difference(models, c, change, base))
+                    rows.append(row)
     if rows:
         parts.append(
-            "Interval-trained NEMON minus interval-trained MLP (same eps_t and seed):\n\n"
-            + markdown(pd.DataFrame(rows))
+            "Interval-trained NEMON minus interval-trained MLP, for every pair of such "
+            "experiments (same eps_t and seed):\n\n" + markdown(pd.DataFrame(rows))
         )
     conv = (
-        models.groupby(["model", "objective"])
+        models.groupby(["experiment", "model", "objective"])
         .agg(
             models=("seed", "size"),
             converged=("training_converged", "sum"),
@@ -192,7 +241,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     p.add_argument("folder", help="results/<dataset> (holding summary.csv and robustness.csv)")
     args = p.parse_args(argv)
-    print(report(args.folder))
+    try:
+        text = report(args.folder)
+    except ValueError as e:
+        p.exit(1, f"error: {e}\n")
+    print(text)
 
 
 if __name__ == "__main__":

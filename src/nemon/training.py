@@ -2,8 +2,9 @@
 
 One loop trains a *stack* of models in lockstep (:class:`~nemon.stack.ModelStack`
 for NEMON and MLP, :class:`ModuleStack` for any other module such as MON); a
-single model is a stack of one (:func:`train`). Per member ``k`` the loss of a
-mini-batch is
+single model is a stack of one (:func:`train`), and :func:`train_group` trains one
+training group of the workflow (an experiment's weights at one ``gamma`` and seed) from its
+configuration. Per member ``k`` the loss of a mini-batch is
 
 * ``lipschitz``: ``mean_i CE(y_i, k_i) + lam_k * Lip_k`` (MATH 5; ``lam = 0`` is
   plain training; ``lam`` is *not* the paper's lambda, see MATH 14);
@@ -32,7 +33,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import __version__
-from .contracts import load_checkpoint, save_checkpoint
+from .contracts import build_model, load_checkpoint, member_name, save_checkpoint
 from .errors import ConfigurationError, NonFiniteError
 from .mlp import MLP
 from .model import NEMON
@@ -603,6 +604,134 @@ def train(
             ):
                 p.copy_(q)
     return result.histories[0]
+
+
+@dataclass
+class MemberResult:
+    """One trained member of a group: its name (``lam=0.001``), weight, model and records."""
+
+    name: str
+    weight: float
+    model: nn.Module
+    history: list[dict]
+    # mu, lipschitz_bound, the run's summary (summarise_history) and train_seconds
+    record: dict
+
+
+@dataclass
+class GroupResult:
+    """A trained group: its members, and what it ran (for the logs and the records)."""
+
+    members: list[MemberResult]
+    objective: Objective
+    schedule: Schedule
+    seconds: float
+    resumed_from: int  # the last completed epoch found in a checkpoint (0: fresh start)
+
+    def group_record(self) -> dict:
+        """The ``group`` part of every member's provenance."""
+        names = [m.name for m in self.members]
+        return {"members": names, "size": len(names), "resumed_from_epoch": self.resumed_from}
+
+
+def train_group(
+    model: str,
+    objective: str,
+    weights: Sequence[float],
+    *,
+    gamma: float,
+    seed: int,
+    hidden: int,
+    training: Mapping,
+    data,
+    device: torch.device | str = "cpu",
+    checkpoint: str | Path | None = None,
+    run_id: Mapping | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> GroupResult:
+    """Train one group of the workflow: a model of kind ``model`` per ``weights`` value (``lam``
+    or ``eps_t`` of ``objective``), all from the same initial weights (seeded with ``seed``:
+    paired comparisons), as one stack (:func:`train_stack`).
+
+    ``training``: the experiment's training settings (:func:`nemon.config.experiment_training`:
+    ``epochs``, ``extra_epochs``, ``batch_size``, the solver's ``solver``, ``tol``,
+    ``max_iter``, ``stop``, and the objective's ``schedule``); ``hidden``: the models' width;
+    ``data``: a :class:`nemon.data.Dataset`. ``run_id`` is added to what names the run in the
+    checkpoint (e.g. the grid points' keys). Returns each member's model (on ``device``),
+    history and record.
+    """
+    schedule_keys = dict(training["schedule"])
+    solver = {k: training[k] for k in ("solver", "tol", "max_iter", "stop")}
+    members = []
+    for _ in weights:  # the same initial weights for every member: paired comparisons
+        seed_everything(seed)
+        members.append(
+            build_model(
+                model,
+                in_features=data.train_x[0].numel(),
+                hidden=hidden,
+                out_features=10,
+                gamma=gamma,
+                input_mean=data.mean,
+                input_std=data.std,
+                solver=solver,
+            )
+        )
+    stack = make_stack(members).to(device)
+    ramp = ("kappa", "warmup", "ramp")
+    obj = Objective(
+        objective,
+        tuple(float(w) for w in weights),
+        **({k: schedule_keys[k] for k in ramp} if objective == "interval" else {}),
+    )
+    schedule = Schedule(
+        training["epochs"],
+        training["batch_size"],
+        schedule_keys["lr"],
+        tuple(schedule_keys["lr_milestones"]),
+        schedule_keys["lr_factor"],
+        training["extra_epochs"],
+    )
+    names = [member_name(objective, w) for w in weights]
+    log(f"{model}/{objective} gamma={gamma} seed={seed} hidden={hidden}: {names}")
+    log(f"{stack}\n{schedule}\n{obj}")
+    result = train_stack(
+        stack,
+        data.train_x,
+        data.train_y,
+        objective=obj,
+        schedule=schedule,
+        seed=seed,
+        test_x=data.test_x,
+        test_y=data.test_y,
+        checkpoint=checkpoint,
+        run_id={
+            "model": model,
+            "gamma": gamma,
+            "solver": solver,
+            "hidden": hidden,
+            "data": data.source,
+            "device": str(device),
+            **(run_id or {}),
+        },
+        member_names=names,
+        progress=progress,
+        log=log,
+    )
+    out = []
+    for k, trained in enumerate(stack.members()):
+        with torch.no_grad():
+            mu = float(trained.mu_2() if hasattr(trained, "mu_2") else trained.mu())
+            bound = float(trained.lipschitz_bound())
+        record = {
+            "mu": mu,
+            "lipschitz_bound": bound,
+            **summarise_history(result.histories[k]),
+            "train_seconds": result.seconds,
+        }
+        out.append(MemberResult(names[k], float(weights[k]), trained, result.histories[k], record))
+    return GroupResult(out, obj, schedule, result.seconds, result.resumed_from)
 
 
 def seed_everything(seed: int) -> None:

@@ -1,7 +1,8 @@
-"""Helpers shared by the rules: the validated config, the grid, output paths.
+"""Helpers shared by the rules: the validated config, the grid, output paths, runtime settings.
 
 The logic lives in the package (nemon.config, nemon.contracts, nemon.progress), where it is
-unit-tested.
+unit-tested. Only Snakemake's public API is used here (tests/test_workflow.py checks that no
+private attribute of `workflow` or `snakemake` is).
 """
 
 import os
@@ -13,13 +14,14 @@ import time
 
 from nemon.config import (
     check_cores,
+    experiment_training,
     job_environment,
     job_priority,
     load_schema,
     machine_cores,
     output_folders,
     regeneration_message,
-    rule_suffix,
+    rule_name,
     tracked_files,
     training_groups,
     validate_config,
@@ -30,10 +32,10 @@ from nemon.progress import rerun_summary
 from packaging.version import Version
 from snakemake import __version__ as SNAKEMAKE_VERSION
 from snakemake.exceptions import WorkflowError
+from snakemake.resources import Resource
 
-SCHEMA = load_schema(
-    os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
-)
+# the package's own schema (src/nemon/config.schema.yaml): the one copy, defaults included
+SCHEMA = load_schema()
 try:
     _valid = validate_config(dict(config), SCHEMA)
 except ConfigurationError as e:
@@ -47,10 +49,9 @@ for _name, _value in job_environment(config).items():
     os.environ[_name] = _value
 DATASETS = SCHEMA["properties"]["dataset"]["enum"]
 GROUPS = training_groups(config)
-# a training and an evaluation rule for each (model, objective) of the config
-EXPERIMENTS = {
-    rule_suffix(e["model"], e["objective"]): e for e in config["experiments"].values()
-}
+# a training and an evaluation rule per experiment (train_<name>, evaluate_<name>, rule_name);
+# each experiment names its own hidden, epochs and training schedule (validate_config)
+EXPERIMENTS = config["experiments"]
 
 
 wildcard_constraints:
@@ -59,21 +60,27 @@ wildcard_constraints:
     seed=r"[0-9]+",
 
 
-def group_dir(exp):
-    return f"{OUT}results/{{dataset}}/models/{exp['model']}/{exp['objective']}"
+def group_dir(name):
+    """The folder of experiment ``name``'s grid points (nemon.contracts.point_dir)."""
+    return f"{OUT}results/{{dataset}}/models/{name}"
 
 
-def point_pattern(exp):
+def point_pattern(name, exp):
     """The folder of each grid point of ``exp``, with {dataset}, {gamma}, {seed} wildcards."""
     axis, letter = OBJECTIVE_AXIS[exp["objective"]]
     return [
-        f"{group_dir(exp)}/g{{gamma}}_{letter}{fmt_float(w)}_s{{seed}}"
+        f"{group_dir(name)}/g{{gamma}}_{letter}{fmt_float(w)}_s{{seed}}"
         for w in exp[axis]
     ]
 
 
-def point_files(exp, name):
-    return [f"{p}/{name}" for p in point_pattern(exp)]
+def point_files(name, exp, file):
+    return [f"{p}/{file}" for p in point_pattern(name, exp)]
+
+
+def weights_of(exp):
+    """The experiment's lam or eps_t values, as floats."""
+    return [float(w) for w in exp[OBJECTIVE_AXIS[exp["objective"]][0]]]
 
 
 def all_point_files(name):
@@ -98,32 +105,53 @@ def priority_of(stage, exp):
     """Priority of ``exp``'s ``stage`` jobs (nemon.config.job_priority): long chains first."""
     if not CALLABLE_PRIORITY:
         return 0
-    axis, _ = OBJECTIVE_AXIS[exp["objective"]]
+    points = len(weights_of(exp))
 
     def priority(wildcards):
-        gamma = float(wildcards.gamma)
         return job_priority(
-            stage, exp["model"], exp["objective"], gamma, len(exp[axis])
+            stage,
+            exp["model"],
+            exp["objective"],
+            float(wildcards.gamma),
+            points,
+            hidden=exp["hidden"],
+            epochs=exp["epochs"],
         )
 
     return priority
 
 
-def forward_runtime_settings(generic, specific):
-    """A profile's ``set-threads``/``set-resources`` for ``generic`` (train, evaluate) also
-    apply to rule ``specific`` (e.g. train_nemon_lipschitz), unless it names that rule itself.
+# --- a profile's settings for the generic names train and evaluate ---------------------------
+# Profiles cannot name the rules of every experiment, so their set-threads and set-resources
+# name `train` and `evaluate`; the generated rules take those as their own threads and
+# resources, read from Snakemake's public settings (workflow.resource_settings.overwrite_threads
+# and overwrite_resources). Snakemake applies a profile's entry for a rule's own name (e.g.
+# train_paper) over them, resource by resource.
+def profile_value(value):
+    """A value of a profile's set-threads/set-resources as a rule's threads/resources value: a
+    number or text as it is, an expression (e.g. 1000 * attempt) as a function of the job.
     """
-    rs = workflow.resource_settings
-    for field, parsed in (
-        ("overwrite_threads", "_parsed_overwrite_threads"),
-        ("overwrite_resources", "_parsed_overwrite_resources"),
-    ):
-        current = getattr(rs, field)
-        if generic in current and specific not in current:
-            values = dict(current)
-            values[specific] = values[generic]
-            setattr(rs, field, type(current)(values))
-            rs.__dict__.pop(parsed, None)  # a cached_property: parse again
+    if not isinstance(value, Resource):  # the API also takes plain values
+        return value
+    if not value.is_evaluable():
+        return value.value
+
+    def evaluate(wildcards, **aux):
+        return value.evaluate(wildcards, **aux).value
+
+    return evaluate
+
+
+def generic_threads(generic):
+    """The threads the profile gives ``generic`` (train, evaluate); None: Snakemake's 1."""
+    value = workflow.resource_settings.overwrite_threads.get(generic)
+    return None if value is None else profile_value(value)
+
+
+def generic_resources(generic):
+    """The resources the profile gives ``generic`` (train, evaluate), as a rule's resources."""
+    values = workflow.resource_settings.overwrite_resources.get(generic, {})
+    return {name: profile_value(value) for name, value in values.items()}
 
 
 def check_device_against_gpus():
@@ -282,7 +310,8 @@ def say_what_a_rerun_redoes():
     its message (the log's `error: ...` line), last, where it cannot be missed."""
     restore_signals()
     if STOPPED:
-        kept = rerun_summary(f"{OUT}results/{config['dataset']}/models")
+        # what the files under results/<dataset>/models/<experiment>/ let a rerun skip
+        kept = rerun_summary(f"{OUT}results/{config['dataset']}")
         head = (
             f"Stopped by {STOPPED['signal']}. No output is left half-written (each is written "
             "atomically), and the next run makes the stopped jobs' outputs again. Run the same "
