@@ -29,7 +29,7 @@ from .timing import flops_per_sample, matmul_gflops
 # training images per epoch of each data set (mnist-5k: the stratified 4,000 of 5,000)
 TRAIN_SAMPLES = {"mnist": 60000, "fashion-mnist": 60000, "mnist-5k": 4000}
 COVERED_MODELS = ("nemon", "nemon-unweighted", "mlp")
-GROUP = ["dataset", "model", "objective", "gamma", "seed"]
+GROUP = ["dataset", "experiment", "model", "objective", "gamma", "seed"]
 
 
 def covered(model: str, objective: str) -> bool:
@@ -45,11 +45,11 @@ def grid_flops(folder: str | Path, train_samples: int | None = None) -> pd.DataF
     (the job's measured time) and ``covered``.
     """
     folder = Path(folder)
-    files = sorted(folder.glob("models/*/*/*/metrics.json"))
+    files = sorted(folder.glob("models/*/*/metrics.json"))
     if not files:
         raise ConfigurationError(
-            f"no models/*/*/*/metrics.json under {folder}: give a results folder of the "
-            "workflow, e.g. results/fashion-mnist"
+            f"no models/<experiment>/<model>/metrics.json under {folder}: give a results "
+            "folder of the workflow, e.g. results/fashion-mnist"
         )
     rows = []
     for f in files:
@@ -60,9 +60,10 @@ def grid_flops(folder: str | Path, train_samples: int | None = None) -> pd.DataF
                 f"{f}: unknown data set {m['dataset']!r}; give --train-samples"
             )
         ok = covered(m["model"], m["objective"])
+        width = m.get("provenance", {}).get("hidden", HIDDEN)  # the experiment's width
         flops = (
             sum(
-                flops_per_sample(e["fwd_iters_mean"], e["bwd_iters_mean"], HIDDEN, IN_FEATURES)
+                flops_per_sample(e["fwd_iters_mean"], e["bwd_iters_mean"], width, IN_FEATURES)
                 for e in m["history"]
             )
             * samples

@@ -500,9 +500,17 @@ def test_cuda_rows_synchronise_and_report_the_device_peak(tiny_data):
 
 # --- the grid's flop floor (python -m benchmarks.floor) ----------------------------------------
 def _metrics(tmp_path, model, objective, gamma, lam, seed, history, seconds, dataset="mnist-5k"):
-    folder = tmp_path / "models" / model / objective / f"g{gamma}_l{lam}_s{seed}"
+    experiment = f"{model}-{objective}"
+    folder = tmp_path / "models" / experiment / f"g{gamma}_l{lam}_s{seed}"
     folder.mkdir(parents=True)
-    keys = dict(dataset=dataset, model=model, objective=objective, gamma=gamma, seed=seed)
+    keys = dict(
+        dataset=dataset,
+        experiment=experiment,
+        model=model,
+        objective=objective,
+        gamma=gamma,
+        seed=seed,
+    )
     hist = [{"fwd_iters_mean": f, "bwd_iters_mean": b} for f, b in history]
     (folder / "metrics.json").write_text(
         json.dumps({**keys, "lam": lam, "history": hist, "train_seconds": seconds})
@@ -538,7 +546,7 @@ def test_grid_floor_is_math8_summed_over_epochs_members_and_seeds(tmp_path, caps
 
 
 def test_grid_floor_refuses_what_it_cannot_count(tmp_path):
-    with pytest.raises(ConfigurationError, match="no models/.*metrics.json"):
+    with pytest.raises(ConfigurationError, match="no models/<experiment>/<model>/metrics.json"):
         floor.grid_flops(tmp_path)
     _metrics(tmp_path, "nemon", "lipschitz", 0.0, 0.0, 0, [(1, 1)], 1.0, dataset="cifar")
     with pytest.raises(ConfigurationError, match="unknown data set 'cifar'.*--train-samples"):

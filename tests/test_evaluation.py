@@ -126,3 +126,20 @@ def test_a_malformed_certified_mask_is_refused(robust_model, certified, message)
 def test_an_unknown_certificate_dtype_is_refused():
     with pytest.raises(nemon.ConfigurationError, match="certificate_dtype"):
         dataclasses.replace(SETTINGS, certificate_dtype="float16")
+
+
+def test_orderings_are_checked_per_model_even_where_two_experiments_share_the_other_keys():
+    import pandas as pd
+
+    from nemon.evaluation import check_orderings
+
+    base = dict(dataset="d", model="nemon", objective="interval", gamma=0.0, lam=0.0, eps_t=0.1,
+                seed=0, inputs="subset-100", eps=0.1, violations=0)  # fmt: skip
+    rows = [
+        {**base, "experiment": "certified", "attack": "certified_interval", "accuracy": 0.5},
+        {**base, "experiment": "certified", "attack": "autoattack", "accuracy": 0.6},
+        {**base, "experiment": "followup-nemon", "attack": "certified_interval", "accuracy": 0.7},
+        {**base, "experiment": "followup-nemon", "attack": "autoattack", "accuracy": 0.65},
+    ]
+    problems = check_orderings(pd.DataFrame(rows))
+    assert len(problems) == 1 and "followup-nemon" in problems[0], problems

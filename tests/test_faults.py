@@ -218,7 +218,7 @@ def test_a_signal_to_snakemake_stops_training_at_once_and_the_rerun_resumes_it(
     assert left_behind(wf) == [] and not any((wf / t).exists() for t in TARGETS)
     assert "[train paper g0.5 s0] stopped by SIGINT: a rerun resumes from its " in text
     assert f"Stopped by {sig.name}. No output is left half-written" in text, text[-3000:]
-    assert "training models/paper g0.5_s0: resumes after epoch " in text
+    assert "training paper g0.5_s0: resumes after epoch " in text
     r = snakemake(*args(), cwd=wf, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "resuming from its checkpoint after epoch" in r.stderr
@@ -258,7 +258,7 @@ def test_an_interrupted_evaluation_keeps_its_evaluated_models_for_the_rerun(eval
     assert proc.returncode != 0 and seconds < 15, (seconds, text[-3000:])
     assert job_pids(wf, ".evaluate.py") == [] and left_behind(wf) == []
     assert "] stopped by SIGINT: 1 of 2 models evaluated and kept, a rerun evaluates the " in text
-    assert "evaluation models/paper g0.5_s0: keeps 1 evaluated model(s)" in text, text[-3000:]
+    assert "evaluation paper g0.5_s0: keeps 1 evaluated model(s)" in text, text[-3000:]
     assert (wf / PARTIAL).exists()
     for name in EVALUATED:  # the first model's files may be there, whole (Snakemake marks them
         if (wf / name).exists():  # incomplete, so the rerun makes them again)

@@ -296,3 +296,22 @@ def test_a_bad_config_stops_the_run_before_any_job(tmp_path):
     assert "experiments.paper.gamma[0]" in out and "< 1" in out, out
     for folder in ("smoke", "results", "resources", "figures", "logs", "benchmarks"):
         assert not (wf / folder).exists(), folder
+
+
+@pytest.mark.parametrize(
+    ("experiment", "instrument", "eps"),
+    [
+        ("paper", "clean", 0.0),
+        ("paper", "inversion", 0.1),
+        ("paper", "certified_lipschitz", 0.1),
+        ("certified", "certified_interval", 0.1),
+        ("certified", "pgd", 0.1),
+        ("certified", "autoattack", 0.1),
+    ],
+)
+def test_the_audit_recomputes_a_committed_number_exactly(run, experiment, instrument, eps):
+    from nemon.audit import recompute
+
+    folder = next((run / "smoke" / "results" / "mnist-5k" / "models" / experiment).glob("g*_s0"))
+    out = recompute(folder, instrument, eps)
+    assert out["committed"] is not None and out["recomputed"] == out["committed"], out

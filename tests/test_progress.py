@@ -212,15 +212,15 @@ def test_a_job_stops_within_moments_on_a_signal_saying_what_a_rerun_redoes(tmp_p
 def test_the_rerun_summary_lists_checkpoints_and_partial_evaluations(tmp_path):
     from nemon.evaluation import PartialEvaluation
 
-    group = tmp_path / "models" / "nemon" / "lipschitz"
+    group = tmp_path / "models" / "paper"
     group.mkdir(parents=True)
     save_checkpoint({"epoch": 7}, group / "g0.5_s0.checkpoint.pt")
     partial = PartialEvaluation(group / "g0.9_s1.evaluation-partial.json")
     partial.add("lam=0", "f" * 64, [{"attack": "clean"}], {"clean_acc": 0.9})
     partial.add("lam=0.01", "e" * 64, [{"attack": "clean"}], {"clean_acc": 0.8})
     assert rerun_summary(tmp_path / "models") == [
-        f"training nemon/lipschitz g0.5_s0: resumes after epoch 7 ({group}/g0.5_s0.checkpoint.pt)",
-        f"evaluation nemon/lipschitz g0.9_s1: keeps 2 evaluated model(s) "
+        f"training paper g0.5_s0: resumes after epoch 7 ({group}/g0.5_s0.checkpoint.pt)",
+        f"evaluation paper g0.9_s1: keeps 2 evaluated model(s) "
         f"({group}/g0.9_s1.evaluation-partial.json)",
     ]
     assert rerun_summary(tmp_path / "nothing") == []

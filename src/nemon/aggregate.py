@@ -107,12 +107,7 @@ def summarise(
         if not allow_not_converged:
             raise NotConvergedError(msg)
         log("WARNING: " + msg)
-    # per experiment: check_orderings keys a model without its experiment
-    problems = [
-        f"experiment {name}: {problem}"
-        for name, part in rob.groupby("experiment", sort=True)
-        for problem in check_orderings(part)
-    ]
+    problems = check_orderings(rob)
     if problems:
         raise OrderingError(
             f"{len(problems)} ordering(s) of MATH 11 do not hold (a bug in an instrument, never "

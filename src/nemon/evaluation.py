@@ -39,7 +39,7 @@ from . import attacks
 from ._checks import check_eps
 from .attacks import inversion_attack
 from .certificates import certified_mask, lipschitz_radius
-from .contracts import DEGENERATE_SHARE
+from .contracts import DEGENERATE_SHARE, POINT_KEYS
 from .data import stratified_subset
 from .errors import ConfigurationError, NonConvergenceWarning, PrecisionWarning
 from .fileio import atomic_write_text
@@ -535,7 +535,7 @@ def check_orderings(df, *, pgd_slack: float = 0.02) -> list[str]:
     not proven, to be at least as strong). Per image: ``violations == 0``.
     """
     problems = []
-    keys = ["dataset", "model", "objective", "gamma", "lam", "eps_t", "seed", "inputs", "eps"]
+    keys = [*POINT_KEYS, "inputs", "eps"]
     for row in df[df["violations"] > 0].itertuples():
         problems.append(
             f"{_name(row)}: {row.violations} image(s) certified at eps {row.eps} yet broken by "
@@ -564,8 +564,8 @@ def check_orderings(df, *, pgd_slack: float = 0.02) -> list[str]:
 
 def _name(row) -> str:
     return (
-        f"{row.model}/{row.objective} gamma={row.gamma} lam={row.lam} eps_t={row.eps_t} "
-        f"seed={row.seed}"
+        f"{row.experiment} ({row.model}/{row.objective}) gamma={row.gamma} lam={row.lam} "
+        f"eps_t={row.eps_t} seed={row.seed}"
     )
 
 

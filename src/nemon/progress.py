@@ -301,21 +301,22 @@ def checkpoint_epoch(path: str | os.PathLike[str]) -> int | None:
 
 
 def rerun_summary(models_root: str | os.PathLike[str]) -> list[str]:
-    """What the files an interrupted run kept under ``models_root`` let a rerun skip: one line
-    per training checkpoint and per partial group evaluation."""
+    """What the files an interrupted run kept under ``models_root`` (``results/<dataset>/models``)
+    let a rerun skip: one line per training checkpoint and per partial group evaluation, named
+    ``<experiment> g<gamma>_s<seed>``."""
     from .evaluation import PartialEvaluation
 
     CKPT, SIDE = ".checkpoint.pt", PartialEvaluation.SUFFIX
     root = Path(models_root)
     lines = []
-    for ckpt in sorted(root.glob(f"*/*/*{CKPT}")):
+    for ckpt in sorted(root.glob(f"*/*{CKPT}")):
         epoch = checkpoint_epoch(ckpt)
-        group = f"{ckpt.parent.parent.name}/{ckpt.parent.name} {ckpt.name[: -len(CKPT)]}"
+        group = f"{ckpt.parent.name} {ckpt.name[: -len(CKPT)]}"
         if epoch:
             lines.append(f"training {group}: resumes after epoch {epoch} ({ckpt})")
-    for side in sorted(root.glob(f"*/*/*{SIDE}")):
+    for side in sorted(root.glob(f"*/*{SIDE}")):
         kept = len(PartialEvaluation(side, log=lambda s: None))
-        group = f"{side.parent.parent.name}/{side.parent.name} {side.name[: -len(SIDE)]}"
+        group = f"{side.parent.name} {side.name[: -len(SIDE)]}"
         if kept:
             lines.append(f"evaluation {group}: keeps {kept} evaluated model(s) ({side})")
     return lines

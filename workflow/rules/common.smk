@@ -311,7 +311,7 @@ def say_what_a_rerun_redoes():
     restore_signals()
     if STOPPED:
         # what the files under results/<dataset>/models/<experiment>/ let a rerun skip
-        kept = rerun_summary(f"{OUT}results/{config['dataset']}")
+        kept = rerun_summary(f"{OUT}results/{config['dataset']}/models")
         head = (
             f"Stopped by {STOPPED['signal']}. No output is left half-written (each is written "
             "atomically), and the next run makes the stopped jobs' outputs again. Run the same "
