@@ -57,6 +57,7 @@ onerror:
 localrules:
     all,
     summarise,
+    present,
     plot_pareto,
     plot_accuracy_vs_eps,
     plot_lipschitz,

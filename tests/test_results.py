@@ -96,3 +96,54 @@ def test_tables_of_the_layout_before_experiments_are_refused_naming_the_column(t
         main([str(tmp_path)])
     assert e.value.code == 1
     assert "lacks the column(s) ['experiment']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dataset", ["mnist-5k", "fashion-mnist"])
+def test_the_committed_results_readme_and_report_page_are_what_the_tables_give(dataset):
+    from conftest import REPO
+
+    from nemon.results import front_page, readme
+
+    folder = REPO / "results" / dataset
+    if not (folder / "README.md").exists():
+        pytest.skip(f"no committed results of {dataset} in the layout with a results README")
+    assert (folder / "README.md").read_text() == readme(folder), (
+        f"results/{dataset}/README.md differs from its tables: rebuild it with the workflow's "
+        "rule present"
+    )
+    figure = REPO / "figures" / dataset / "pareto.png"
+    assert (folder / "front-page.html").read_text() == front_page(folder, figure)
+
+
+def test_the_readme_headline_table_is_the_one_the_tables_give():
+    from conftest import REPO
+
+    from nemon.results import headline
+
+    folders = [REPO / "results" / d for d in ("mnist-5k", "fashion-mnist")]
+    if not all((f / "README.md").exists() for f in folders):
+        pytest.skip("the committed results predate the results README")
+    table = headline(folders)
+    assert table in (REPO / "README.md").read_text(), (
+        "README.md's headline table differs from `python -m nemon.results --headline "
+        "results/mnist-5k results/fashion-mnist`"
+    )
+
+
+def test_headline_and_front_page_come_from_the_tables(tmp_path):
+    from nemon.results import front_page, headline
+
+    summary, robustness = tables()
+    summary.to_csv(tmp_path / "summary.csv", index=False)
+    robustness.to_csv(tmp_path / "robustness.csv", index=False)
+    table = headline([tmp_path])
+    rows = table.splitlines()[2:]
+    assert rows and all(r.startswith("| mnist-5k | ") for r in rows)
+    plain = next(r for r in rows if "NEMON, plain" in r)
+    models = per_model(summary, robustness)
+    sel = models[(models.experiment == "paper") & (models.gamma == 0) & (models.lam == 0)]
+    assert f"{sel['clean_acc'].mean():.3f} ± {sel['clean_acc'].std(ddof=1):.3f}" in plain
+    png = tmp_path / "pareto.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    page = front_page(tmp_path, png)
+    assert "NEMON, plain" in page and "data:image/png;base64,iVBORw0KGgog" in page

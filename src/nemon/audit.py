@@ -1,6 +1,7 @@
 """Recompute one number of ``robustness.csv`` from its model file, as the evaluation did.
 
-    python -m nemon.audit results/mnist-5k/models/paper/g0.5_l0.01_s0 certified_interval 0.1
+    python -m nemon.audit results/mnist-5k/models/paper/g0.5_l0.01_s0 certified_interval 0.1 \
+        --model audit/results/mnist-5k/models/paper/g0.5_l0.01_s0/model.pt
 
 A model's folder holds its ``metrics.json`` (training), ``evaluation.json`` and
 ``robustness.csv`` (evaluation), and, once the training rule has run, ``model.pt`` (not
@@ -10,6 +11,7 @@ the model's units (pixels in ``[0, 1]``, :func:`nemon.training.to_pixels`), take
 evaluation settings ``evaluation.json`` records, and runs :func:`nemon.evaluation.evaluate_model`
 with only the instrument asked for (and, for an attack that skips certified inputs, the
 certificates at its eps): on the same CPU code path it gives the committed number bit for bit.
+The command line runs on one thread with the workflow's pinned CPU code paths, as the jobs do.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import torch
 
+from .config import pin_code_paths
 from .contracts import load_model
 from .data import load_dataset
 from .errors import ConfigurationError, exit_from
@@ -72,20 +76,26 @@ def only(settings: EvalSettings, instrument: str, eps: float) -> EvalSettings:
     return dataclasses.replace(settings, **keep)
 
 
-def recompute(folder: str | Path, instrument: str, eps: float = 0.0) -> dict:
-    """``{"recomputed", "committed", "inputs", "images"}`` for one row of ``robustness.csv``."""
+def recompute(
+    folder: str | Path, instrument: str, eps: float = 0.0, model: str | Path | None = None
+) -> dict:
+    """``{"recomputed", "committed", "inputs", "images"}`` for one row of ``robustness.csv``.
+
+    ``model``: the model file (default: ``model.pt`` in ``folder``), e.g. one rebuilt under
+    another ``output_prefix``; it must have the SHA-256 that ``folder``'s metrics.json records.
+    """
     folder = Path(folder)
     metrics = json.loads((folder / "metrics.json").read_text())
-    path = folder / "model.pt"
+    path = Path(model) if model is not None else folder / "model.pt"
     if not path.exists():
         raise ConfigurationError(
             f"{path} does not exist: model files are not committed; rebuild it with the "
             'training rule (README, "Audit one number")'
         )
-    model = load_model(path, sha256=metrics["model_sha256"])
+    net = load_model(path, sha256=metrics["model_sha256"])
     settings = only(recorded_settings(folder), instrument, float(eps))
     ds = load_dataset(metrics["dataset"])
-    rows, _ = evaluate_model(model, ds.test_x, ds.test_y, settings)
+    rows, _ = evaluate_model(net, ds.test_x, ds.test_y, settings)
     table = pd.read_csv(folder / "robustness.csv")
     mine = [r for r in rows if r["attack"] == instrument and r["eps"] == float(eps)]
     if not mine:
@@ -111,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder", help="a model's folder under results/<dataset>/models/")
     p.add_argument("instrument", choices=INSTRUMENTS)
     p.add_argument("eps", type=float, nargs="?", default=0.0, help="pixel units")
+    p.add_argument("--model", help="the model file (default: model.pt in the folder)")
     a = p.parse_args(argv)
-    out = recompute(a.folder, a.instrument, a.eps)
+    torch.set_num_threads(1)  # as the evaluation job ran (one thread per job)
+    out = recompute(a.folder, a.instrument, a.eps, a.model)
     same = out["recomputed"] == out["committed"]
     print(
         f"{a.instrument} at eps {a.eps:g} on {out['inputs']} ({out['images']} images): "
@@ -123,4 +135,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    pin_code_paths()  # the workflow's CPU code paths, so that the numbers come back bit for bit
     exit_from(main)

@@ -214,6 +214,13 @@ def report(folder: str | Path) -> str:
             "Interval-trained NEMON minus interval-trained MLP, for every pair of such "
             "experiments (same eps_t and seed):\n\n" + markdown(pd.DataFrame(rows))
         )
+    rows = _same_model_pairs(models, inst)
+    if rows:
+        parts.append(
+            "Experiments of one model and objective against each other (width, epochs, "
+            "schedule), at every common gamma and weight, seed by seed: mean paired difference "
+            "[95% t-interval]:\n\n" + markdown(pd.DataFrame(rows))
+        )
     conv = (
         models.groupby(["experiment", "model", "objective"])
         .agg(
@@ -233,16 +240,128 @@ def report(folder: str | Path) -> str:
     return "\n\n".join(parts)
 
 
+def _same_model_pairs(models: pd.DataFrame, inst: Sequence[str]) -> list[dict]:
+    """Paired differences between experiments that train the same model with the same
+    objective (they differ in width, epochs or schedule), at their common (gamma, weight)."""
+    rows = []
+    pairs = models.groupby(["model", "objective"])["experiment"].unique()
+    for (model, _objective), names in pairs.items():
+        names = sorted(names)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                ma, mb = models[models["experiment"] == a], models[models["experiment"] == b]
+                points = sorted(
+                    set(map(tuple, ma[["gamma", "lam", "eps_t"]].to_numpy()))
+                    & set(map(tuple, mb[["gamma", "lam", "eps_t"]].to_numpy()))
+                )
+                for gamma, lam, eps_t in points:
+                    at = {"gamma": gamma, "lam": lam, "eps_t": eps_t}
+                    row = {"model": model, "change": b, "base": a, **at}
+                    for c in ["clean_acc", *inst]:
+                        diff = paired_difference(
+                            models, c, {"experiment": b, **at}, {"experiment": a, **at}
+                        )
+                        row[c] = fmt_diff(*diff)
+                    rows.append(row)
+    return rows
+
+
+# The README's headline: (label, experiment, gamma, lam, eps_t) per row, where present
+HEADLINE_ROWS = [
+    ("NEMON, plain", "paper", 0.0, 0.0, 0.0),
+    ("NEMON, lam 1e-2", "paper", 0.0, 0.01, 0.0),
+    ("NEMON, lam 3e-2", "paper", 0.0, 0.03, 0.0),
+    ("NEMON, certified training (30 epochs)", "certified", 0.0, 0.0, 0.1),
+    ("NEMON, the follow-up's schedule (60 epochs)", "followup-nemon", 0.0, 0.0, 0.1),
+    ("MLP-100, IBP (30 epochs)", "mlp-ibp", 0.0, 0.0, 0.1),
+    ("MLP-100, IBP (40 epochs)", "followup-mlp-wide", 0.0, 0.0, 0.1),
+    ("MLP-25, IBP (40 epochs, the follow-up's)", "followup-mlp", 0.0, 0.0, 0.1),
+    ("MON (l2 monotone), plain", "mon", 0.9, 0.0, 0.0),
+]
+HEADLINE_COLUMNS = ["PGD 0.1", "AutoAttack 0.1", "Lipschitz cert 0.05", "interval cert 0.1"]
+
+
+def headline(folders: Sequence[str | Path]) -> str:
+    """The README's one table: a few configurations of every data set given, mean ± SD."""
+    rows = []
+    for folder in folders:
+        summary, robustness = load(folder)
+        models = per_model(summary, robustness)
+        dataset = str(summary["dataset"].iloc[0])
+        for label, experiment, gamma, lam, eps_t in HEADLINE_ROWS:
+            sel = models[
+                (models["experiment"] == experiment)
+                & (models["gamma"] == gamma)
+                & (models["lam"] == lam)
+                & (models["eps_t"] == eps_t)
+            ]
+            if sel.empty:
+                continue
+            row = {"data set": dataset, "model": label, "seeds": len(sel)}
+            for c in ["clean_acc", *HEADLINE_COLUMNS]:
+                v = sel[c] if c in sel else pd.Series([math.nan])  # not evaluated: "-"
+                sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+                row["clean" if c == "clean_acc" else c] = fmt(float(v.mean()), sd)
+            rows.append(row)
+    return markdown(pd.DataFrame(rows))
+
+
+def readme(folder: str | Path) -> str:
+    """``results/<dataset>/README.md``: every table of :func:`report`, under a heading that says
+    where they come from (the workflow writes it; a test holds the committed one to this)."""
+    folder = Path(folder)
+    summary, _ = load(folder)
+    dataset = str(summary["dataset"].iloc[0])
+    return (
+        f"# {dataset}: every results table\n\n"
+        "Generated from `summary.csv` and `robustness.csv` in this folder by "
+        f"`python -m nemon.results results/{dataset}` (the workflow's rule `present`); do not "
+        "edit. Means ± standard deviations over seeds; differences are paired seed by seed, "
+        "with their 95% t-interval.\n\n" + report(folder) + "\n"
+    )
+
+
+def front_page(folder: str | Path, figure: str | Path) -> str:
+    """The report's first page (HTML): the headline table of the data set and its Pareto
+    figure, embedded, so that the page needs nothing beside it."""
+    import base64
+    import html
+
+    table = headline([folder])
+    lines = [ln for ln in table.splitlines() if not ln.startswith("|---")]
+    rows = [[html.escape(c.strip()) for c in ln.strip("|").split("|")] for ln in lines]
+    head = "".join(f"<th>{c}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows[1:])
+    png = base64.b64encode(Path(figure).read_bytes()).decode()
+    return (
+        "<p><b>The headline</b> (mean ± SD over seeds; every table: "
+        "<code>results/&lt;dataset&gt;/README.md</code>):</p>\n"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>\n"
+        f'<p><img alt="Pareto fronts" style="max-width: 100%" '
+        f'src="data:image/png;base64,{png}"/></p>\n'
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m nemon.results",
         description="The README's results tables of one data set, from its summary.csv and "
         "robustness.csv.",
     )
-    p.add_argument("folder", help="results/<dataset> (holding summary.csv and robustness.csv)")
+    p.add_argument(
+        "folder", nargs="+", help="results/<dataset> (holding summary.csv and robustness.csv)"
+    )
+    p.add_argument(
+        "--headline",
+        action="store_true",
+        help="the README's one table, a few configurations of every data set given",
+    )
     args = p.parse_args(argv)
     try:
-        text = report(args.folder)
+        if args.headline:
+            text = headline(args.folder)
+        else:
+            text = "\n\n".join(report(f) for f in args.folder)
     except ValueError as e:
         p.exit(1, f"error: {e}\n")
     print(text)

@@ -25,3 +25,20 @@ rule summarise:
         allow_not_converged=config["evaluation"]["allow_not_converged"],
     script:
         "../../scripts/summarise.py"
+
+
+rule present:
+    """The results README (every table, generated) and the report's first page."""
+    input:
+        summary=rules.summarise.output.summary,
+        robustness=rules.summarise.output.robustness,
+        pareto=f"{OUT}figures/{{dataset}}/pareto.png",
+    output:
+        readme=f"{OUT}results/{{dataset}}/README.md",
+        front=f"{OUT}results/{{dataset}}/front-page.html",
+    log:
+        f"{OUT}logs/present/{{dataset}}.log",
+    benchmark:
+        f"{OUT}logs/benchmarks/present/{{dataset}}.tsv"
+    script:
+        "../../scripts/present.py"

@@ -175,7 +175,10 @@ def check_device_against_gpus():
 
 def final_targets():
     d, p = config["dataset"], OUT
-    tables = [f"{p}results/{d}/summary.csv", f"{p}results/{d}/robustness.csv"]
+    tables = [
+        f"{p}results/{d}/{name}"
+        for name in ("summary.csv", "robustness.csv", "README.md", "front-page.html")
+    ]
     figures = [
         f"{p}figures/{d}/{name}.{ext}"
         for name in ("pareto", "accuracy_vs_eps", "lipschitz")
