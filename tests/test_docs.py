@@ -43,3 +43,24 @@ def test_every_readme_section_the_code_points_to_exists():
     for path in SOURCES:
         for name in re.findall(r'README, ["]([^"]+)["]', text(path)):
             assert name in names, f"{path} points to README section {name!r}"
+
+
+def test_every_docs_section_the_code_points_to_exists():
+    """``docs/<file>.md, "<heading>"`` in the code names a heading of that file."""
+    seen = 0
+    for path in [*SOURCES, REPO / "docs" / "MATH.md"]:
+        for doc, name in re.findall(r'(docs/[a-z]+\.md), ["]([^"]+)["]', text(path)):
+            target = REPO / doc
+            assert target.is_file(), f"{path} points to {doc}, which does not exist"
+            headings = {
+                h.replace("`", "") for h in re.findall(r"^#+ (.+?)\s*$", text(target), re.M)
+            }
+            assert name in headings, f"{path} points to {doc} section {name!r}"
+            seen += 1
+    assert seen >= 5  # the pattern matches what the code writes
+
+
+def test_every_relative_link_of_the_docs_resolves():
+    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for link in re.findall(r"\]\(([^)\s#:]+)(?:#[^)]*)?\)", text(path)):
+            assert (path.parent / link).exists(), f"{path.name} links to {link}, which is missing"

@@ -807,7 +807,7 @@ def provenance(folder: str, device: torch.device | str, threads: int) -> dict:
         "python": platform.python_version(),
         "device": str(device),
         "threads": threads,
-        # what decides the floating-point path on a CPU (README, "Reproducibility")
+        # what decides the floating-point path on a CPU (docs/reproducibility.md, "Provenance")
         "cpu": cpu,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "environment": {
