@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 
 import nemon
-from benchmarks.iterations import _record, model_files
+from benchmarks.trained import model_files, record, show
 from nemon.contracts import load_model
 from nemon.data import load_dataset, stratified_subset
 from nemon.errors import ConfigurationError, exit_from
@@ -136,13 +136,13 @@ def exact_margin(model, u, k: int, eps: float, time_limit: float):
 
 
 def measure(path: Path, eps: float, images: int, time_limit: float, cache: dict) -> dict | None:
-    record = _record(path)
-    if record.get("objective", "interval") != "interval":
+    rec = record(path)
+    if rec.get("objective", "interval") != "interval":
         return None
-    model = load_model(path, sha256=record.get("model_sha256"))
+    model = load_model(path, sha256=rec.get("model_sha256"))
     if not model.linf_well_posed:  # a MON: no interval certificate (MATH 9)
         return None
-    dataset = record.get("dataset")
+    dataset = rec.get("dataset")
     if dataset is None:
         raise ConfigurationError(f"{path}: no metrics.json beside it names its data set")
     if dataset not in cache:
@@ -222,10 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['model']}: done", file=sys.stderr)
     if not rows:
         raise ConfigurationError(f"no interval-trained NEMON or MLP model under {a.folders}")
-    df = pd.DataFrame(rows)
-    if a.csv:
-        df.to_csv(a.csv, index=False)
-    print(df.to_markdown(index=False, floatfmt=".3g") if a.markdown else df.to_string(index=False))
+    show(pd.DataFrame(rows), a.markdown, a.csv)
     return 0
 
 

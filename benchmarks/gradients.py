@@ -21,10 +21,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from benchmarks.iterations import _record, model_files
+from benchmarks.trained import load_trained, model_files, show
 from nemon.contracts import load_model
 from nemon.data import load_dataset
-from nemon.errors import ConfigurationError, exit_from
+from nemon.errors import exit_from
 from nemon.model import NEMON
 from nemon.training import to_pixels
 
@@ -40,13 +40,9 @@ def _grads(model: NEMON, u, y, solver, tol, stop) -> dict[str, torch.Tensor]:
 
 
 def measure(path, solvers, tols, stop, batches, cache, dataset) -> list[dict]:
-    record = _record(path)
-    model = load_model(path, sha256=record.get("model_sha256"))
+    model, dataset, name = load_trained(path, dataset)
     if not isinstance(model, NEMON):
         return []
-    dataset = dataset or record.get("dataset")
-    if dataset is None:
-        raise ConfigurationError(f"{path}: no metrics.json beside it names its data set; --dataset")
     if dataset not in cache:
         ds = load_dataset(dataset)
         g = torch.Generator().manual_seed(0)
@@ -56,7 +52,6 @@ def measure(path, solvers, tols, stop, batches, cache, dataset) -> list[dict]:
     ref_model = load_model(path, sha256=None).double()
     f32 = model.float()
     rows = []
-    name = "/".join(path.parent.parts[-3:])
     refs = [
         _grads(ref_model, U[i : i + 100].double(), Y[i : i + 100], "average", 1e-14, "step")
         for i in range(0, len(U), 100)
@@ -105,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.extend(measure(path, a.solver, a.tol, a.stop, a.batches, cache, a.dataset))
         print(f"{path}: done", file=sys.stderr)
     df = pd.DataFrame(rows)
-    if a.csv:
-        df.to_csv(a.csv, index=False)
-    print(df.to_markdown(index=False, floatfmt=".3g") if a.markdown else df.to_string(index=False))
+    show(df, a.markdown, a.csv)
     worst = df.groupby(["solver", "tol", "gamma"])[["max_rel_err", "l2_rel_err"]].max()
     print("\nworst over the models, per solver, tolerance and gamma:")
     print(worst.to_string())

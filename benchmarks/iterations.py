@@ -20,7 +20,6 @@ training took).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,38 +27,15 @@ import pandas as pd
 import torch
 from torch import nn
 
+from benchmarks.trained import load_trained, model_files, show
 from nemon import core
-from nemon.contracts import load_model
 from nemon.data import load_dataset, stratified_subset
-from nemon.errors import ConfigurationError, exit_from
+from nemon.errors import exit_from
 from nemon.model import NEMON
 from nemon.training import to_pixels
 
 SOLVERS = ("average", "jacobi")
 REFERENCE_TOL = 1e-14
-
-
-def model_files(folders: list[str]) -> list[Path]:
-    files = []
-    for f in folders:
-        path = Path(f)
-        if path.is_file():
-            files.append(path)
-        elif path.is_dir():
-            files.extend(p for p in sorted(path.rglob("*.pt")) if "checkpoint" not in p.name)
-        else:
-            raise ConfigurationError(f"{f}: no such file or folder")
-    if not files:
-        raise ConfigurationError(
-            f"no model.pt under {folders}: the workflow writes them when it trains (they are not "
-            "committed); run snakemake first"
-        )
-    return files
-
-
-def _record(path: Path) -> dict:
-    metrics = path.parent / "metrics.json"
-    return json.loads(metrics.read_text()) if metrics.exists() else {}
 
 
 def _solve(model: NEMON, solver: str, tol: float, stop: str, u, y):
@@ -80,20 +56,16 @@ def _rel(a, ref) -> float:
 def measure(
     path: Path, images: int, tols: list[float], stop: str, cache: dict, dataset: str | None
 ) -> list[dict]:
-    record = _record(path)
-    model = load_model(path, sha256=record.get("model_sha256")).double()
+    model, dataset, name = load_trained(path, dataset)
     if not isinstance(model, NEMON):
         return []
-    dataset = dataset or record.get("dataset")
-    if dataset is None:
-        raise ConfigurationError(f"{path}: no metrics.json beside it names its data set; --dataset")
+    model = model.double()
     if dataset not in cache:
         ds = load_dataset(dataset)
         idx = stratified_subset(ds.test_y, min(images, len(ds.test_y)), seed=0)
         cache[dataset] = (to_pixels(ds.test_x[idx]).double(), ds.test_y[idx].long())
     u, y = cache[dataset]
     x_ref, du_ref, _, _ = _solve(model, "average", REFERENCE_TOL, "step", u, y)
-    name = "/".join(path.parent.parts[-3:])
     with torch.no_grad():
         rho_j = core.jacobi_constants(model.M[None])[0]
     row = {"model": name, "rho": model.rho(), "rho_J": rho_j}
@@ -130,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         if rows:
             print(f"{rows[-1]['model']}: done", file=sys.stderr)
     df = pd.DataFrame(rows)
-    if a.csv:
-        df.to_csv(a.csv, index=False)
-    print(df.to_markdown(index=False, floatfmt=".3g") if a.markdown else df.to_string(index=False))
+    show(df, a.markdown, a.csv)
     summary = df.groupby("tol")[["fwd_ratio", "bwd_ratio"]].agg(["median", "min", "max"])
     print(f"\nratio of iterations, averaged / Jacobi, over {df['model'].nunique()} models:")
     print(summary.to_string())

@@ -143,3 +143,30 @@ def test_orderings_are_checked_per_model_even_where_two_experiments_share_the_ot
     ]
     problems = check_orderings(pd.DataFrame(rows))
     assert len(problems) == 1 and "followup-nemon" in problems[0], problems
+
+
+def test_a_certificate_in_float64_is_the_float32_one_on_a_double_copy(robust_model):
+    import copy
+
+    model, (x, y) = robust_model
+    f32 = nemon.certified_accuracy(model, x, y, 0.05, "interval")
+    f64 = nemon.certified_accuracy(model, x, y, 0.05, "interval", dtype=torch.float64)
+    by_hand = nemon.certified_accuracy(
+        copy.deepcopy(model).double(), x.double(), y, 0.05, "interval"
+    )
+    assert f64 == by_hand and f32 <= f64
+    assert next(model.parameters()).dtype == torch.float32  # the model itself is untouched
+    mask = nemon.certified_mask(model, x, y, 0.05, "interval", dtype=torch.float64)
+    assert float(mask.float().mean()) == f64
+
+
+def test_the_soundness_check_catches_a_box_that_misses_points_of_the_ball(robust_model):
+    """A certificate of the ball of radius 0.02 passed off as one of radius 0.2 (its box misses
+    most of the ball): PGD at 0.2 breaks images it 'certified'. The true certificate at 0.2 is
+    never broken. So the evaluation's violation count has teeth."""
+    model, (x, y) = robust_model
+    small = nemon.certified_mask(model, x, y, 0.02, "interval", dtype=torch.float64)
+    true = nemon.certified_mask(model, x, y, 0.2, "interval", dtype=torch.float64)
+    res = attacks.pgd(model, x, y, 0.2, steps=20, restarts=1, seed=0, tol=1e-5, max_iter=3000)
+    assert int((small & ~res.robust).sum()) > 0  # the wrong box would be a violation
+    assert int((true & ~res.robust).sum()) == 0
