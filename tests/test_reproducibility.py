@@ -1,9 +1,10 @@
 """The committed results reproduce: one committed training group of mnist-5k, retrained from
 scratch by the real workflow, against its committed records.
 
-What is promised (docs/reproducibility.md, "What is promised, and where it is tested"): bit-identical weights on a CPU of the same model
-with the same code paths (the reproducible mode pins them; the committed provenance names the
-CPU), else agreement within the spread of the committed seeds.
+What is promised (docs/reproducibility.md, "What is promised, and where it is tested"):
+bit-identical weights on a CPU of the same model with the same code paths (the reproducible
+mode pins them; the committed provenance names the CPU), else agreement within the spread
+of the committed seeds.
 """
 
 from __future__ import annotations

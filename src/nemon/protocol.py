@@ -58,9 +58,9 @@ class SolveSettings:
       where it ends; an inner ``warm_start=False`` suspends it.
     * ``error_bounds``: False skips the a-posteriori error bound of every solve (MATH 3,
       12; a dozen small operations and a host synchronisation per solve, a visible share
-      of an attack's forward on a small batch: docs/speed.md, "The levers"): ``stats.error_bound`` is
-      NaN and ``last_error_bounds`` None; the iterates, so every logit and gradient, are
-      the same bit for bit (an attack reads nothing else).
+      of an attack's forward on a small batch: docs/speed.md, "The levers"):
+      ``stats.error_bound`` is NaN and ``last_error_bounds`` None; the iterates, so every
+      logit and gradient, are the same bit for bit (an attack reads nothing else).
     * ``spend_warnings``: False forgets, on leaving the block that turned it off, the
       once-per-model warnings given inside it (each still once), so the model warns again
       after it (the attacks, which silence :class:`~nemon.errors.NonConvergenceWarning` and
