@@ -68,7 +68,7 @@ def measure(
     x_ref, du_ref, _, _ = _solve(model, "average", REFERENCE_TOL, "step", u, y)
     with torch.no_grad():
         rho_j = core.jacobi_constants(model.M[None])[0]
-    row = {"model": name, "rho": model.rho(), "rho_J": rho_j}
+    row = {"dataset": dataset, "model": name, "rho": model.rho(), "rho_J": rho_j}
     rows = []
     for tol in tols:
         out = {**row, "tol": tol}
@@ -103,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{rows[-1]['model']}: done", file=sys.stderr)
     df = pd.DataFrame(rows)
     show(df, a.markdown, a.csv)
-    summary = df.groupby("tol")[["fwd_ratio", "bwd_ratio"]].agg(["median", "min", "max"])
-    print(f"\nratio of iterations, averaged / Jacobi, over {df['model'].nunique()} models:")
+    ratios = df.groupby(["dataset", "tol"])[["fwd_ratio", "bwd_ratio"]]
+    summary = ratios.agg(["median", "min", "max"])
+    models = len(df) // len(set(df["tol"]))
+    print(f"\nratio of iterations, averaged / Jacobi, over {models} models:")
     print(summary.to_string())
     return 0
 
