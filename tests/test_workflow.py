@@ -7,7 +7,6 @@ into the repository (not even .snakemake/).
 from __future__ import annotations
 
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -159,7 +158,14 @@ def test_aggregation_and_figures_never_go_to_a_cluster():
     block = re.search(r"^localrules:\n((?:    \w+,\n)+)", text, flags=re.MULTILINE)
     assert block, "the Snakefile declares no localrules"
     names = set(re.findall(r"(\w+),", block.group(1)))
-    assert names == {"all", "summarise", "plot_pareto", "plot_accuracy_vs_eps", "plot_lipschitz"}
+    assert names == {
+        "all",
+        "summarise",
+        "present",
+        "plot_pareto",
+        "plot_accuracy_vs_eps",
+        "plot_lipschitz",
+    }
 
 
 def test_the_smoke_profile_writes_nothing_over_committed_results(wf):
@@ -194,34 +200,6 @@ def test_experiments_switched_off_from_the_command_line_plan_no_job(wf):
         "train_paper",
         "evaluate_paper",
     }
-
-
-def test_the_readme_budget_command_plans_the_paper_grid_at_the_old_settings(wf):
-    # the command under "Evaluation" that measured the evaluation issue's time budget
-    text = (REPO / "README.md").read_text()
-    block = text.split("**The time budget", 1)[1].split("```", 2)[1]
-    args = shlex.split(block.replace("\\\n", " "))
-    assert args[:3] == ["snakemake", "--cores", "2"], args
-    r = snakemake("-n", *args[1:], cwd=wf)
-    assert r.returncode == 0, r.stdout + r.stderr
-    counts = job_counts(r.stdout)
-    left_on = sorted(
-        x.removeprefix("train_") for x in counts if x.startswith("train_") and x != "train_paper"
-    )
-    assert not left_on, (
-        f"the README's budget command leaves experiment(s) {left_on} of config.yaml on: add "
-        "them as null to its experiments={...}"
-    )
-    paper = yaml.safe_load((REPO / "config.yaml").read_text())["experiments"]["paper"]
-    groups = len(paper["gamma"]) * 3  # three seeds
-    assert counts["train_paper"] == counts["evaluate_paper"] == groups
-    assert {x for x in counts if x.startswith(("train_", "evaluate_"))} == {
-        "train_paper",
-        "evaluate_paper",
-    }
-    outputs = re.findall(r"^\s+output: (.+)$", r.stdout, flags=re.MULTILINE)
-    files = [f.strip() for line in outputs for f in line.split(",")]
-    assert files and all(f.startswith(("budget/", "resources/")) for f in files)
 
 
 def test_rules_named_after_experiments_with_a_dash_work_as_snakemake_targets(wf):
