@@ -25,30 +25,20 @@ import pandas as pd
 import torch
 
 from .config import pin_code_paths
-from .contracts import load_model
+from .contracts import INSTRUMENTS, load_model
 from .data import load_dataset
 from .errors import ConfigurationError, exit_from
 from .evaluation import AttackSettings, EvalSettings, evaluate_model
 
-INSTRUMENTS = (
-    "clean",
-    "inversion",
-    "certified_lipschitz",
-    "certified_interval",
-    "pgd",
-    "autoattack",
-)
-
 
 def recorded_settings(folder: Path) -> EvalSettings:
-    """The :class:`EvalSettings` a model's ``evaluation.json`` records."""
+    """The :class:`EvalSettings` a model's ``evaluation.json`` records (JSON's lists become
+    tuples as the settings complete themselves)."""
     rec = json.loads((folder / "evaluation.json").read_text())["settings"]
     fields = {f.name for f in dataclasses.fields(EvalSettings)}
     kw = {k: v for k, v in rec.items() if k in fields}
     for name in ("pgd", "autoattack"):
-        kw[name] = AttackSettings(**{**kw[name], "eps": tuple(kw[name]["eps"])})
-    for name in ("inversion_eps", "lipschitz_eps", "interval_eps"):
-        kw[name] = tuple(kw[name])
+        kw[name] = AttackSettings(**kw[name])
     return EvalSettings(**kw)
 
 
