@@ -283,6 +283,11 @@ HEADLINE_COLUMNS = ["PGD 0.1", "AutoAttack 0.1", "Lipschitz cert 0.05", "interva
 
 def headline(folders: Sequence[str | Path]) -> str:
     """The README's one table: a few configurations of every data set given, mean ± SD."""
+    return markdown(_headline_table(folders))
+
+
+def _headline_table(folders: Sequence[str | Path]) -> pd.DataFrame:
+    """:func:`headline`'s rows, formatted, one per configuration present in each folder."""
     rows = []
     for folder in folders:
         summary, robustness = load(folder)
@@ -303,7 +308,7 @@ def headline(folders: Sequence[str | Path]) -> str:
                 sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
                 row["clean" if c == "clean_acc" else c] = fmt(float(v.mean()), sd)
             rows.append(row)
-    return markdown(pd.DataFrame(rows))
+    return pd.DataFrame(rows)
 
 
 def readme(folder: str | Path) -> str:
@@ -327,11 +332,12 @@ def front_page(folder: str | Path, figure: str | Path) -> str:
     import base64
     import html
 
-    table = headline([folder])
-    lines = [ln for ln in table.splitlines() if not ln.startswith("|---")]
-    rows = [[html.escape(c.strip()) for c in ln.strip("|").split("|")] for ln in lines]
-    head = "".join(f"<th>{c}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows[1:])
+    table = _headline_table([folder])
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in r) + "</tr>"
+        for r in table.itertuples(index=False)
+    )
     png = base64.b64encode(Path(figure).read_bytes()).decode()
     return (
         "<p><b>The headline</b> (mean ± SD over seeds; every table: "
